@@ -1,0 +1,47 @@
+# `make serve`-style targets create .venv on first use; `make test` is what CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Extra pip arguments for torch (e.g. an index URL that serves CPU builds on another machine).
+TORCH_PIP_ARGS ?=
+TORCH_VERSION := 2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
+
+.PHONY: install test lint format bench clean
+
+install: $(STAMP)
+
+# Torch first and pinned: a loose torch requirement pulled in later would fetch a multi-GB CUDA
+# build on a CPU-only machine. With a CUDA GPU (nvidia-smi answers) the normal CUDA build is taken.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
+		$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
+	else \
+		echo "No CUDA GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
+		$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
+		$(BIN)/python -c "import torch; torch.version.cuda is None or print('WARNING: torch', \
+			torch.__version__, 'is a CUDA build; set TORCH_PIP_ARGS to an index with CPU builds')"; \
+	fi 2>&1 | grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
+	$(PIP) install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/tile_roundtrip.py --size 8192 --tile 1024 --overlap 128
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,221 @@
+"""Seam-free blending of processed tiles back into one image, assembled in horizontal bands.
+
+Each tile is weighted by a mask that ramps across its overlap with each neighbour (cosine or
+linear). Weighted colour and the weight itself are accumulated in float32, in linear light, and the
+sum is divided by the weight sum, so the weights at every pixel add up to one exactly and unchanged
+tiles reproduce the input. Rows are handed out as finished `Band`s as soon as no tile still to come
+can touch them, so the float accumulator never holds more than about one tile row of the canvas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from assetbox.errors import InvalidInput
+from assetbox.imaging.tiles import Tile, TilePlan
+from assetbox.imaging.transfer import Transfer, from_working, to_working
+
+Ramp = Literal["cosine", "linear"]
+RAMPS: tuple[Ramp, ...] = ("cosine", "linear")
+
+# Rows converted per step when a band is encoded: bounds the float temporaries of the sRGB encode.
+_ENCODE_ROWS = 64
+
+
+def ramp(length: int, kind: Ramp = "cosine") -> np.ndarray:
+    """`length` weights rising from near 0 to near 1, sampled at pixel centres.
+
+    ``ramp(n) + ramp(n)[::-1] == 1`` for both kinds, so two tiles meeting over an overlap of
+    `n` pixels share every pixel exactly; no weight is ever 0, so no pixel is left without weight.
+    """
+    t = (np.arange(length, dtype=np.float64) + 0.5) / max(length, 1)
+    if kind == "linear":
+        values = t
+    elif kind == "cosine":
+        values = 0.5 - 0.5 * np.cos(np.pi * t)
+    else:
+        raise InvalidInput(f"`ramp` must be one of {', '.join(RAMPS)} but is {kind!r}", field="ramp")
+    return values.astype(np.float32)
+
+
+def axis_weights(
+    starts: tuple[int, ...], size: int, index: int, scale: int = 1, kind: Ramp = "cosine"
+) -> np.ndarray:
+    """1-D weights (length ``size * scale``) of tile `index` along an axis with tile `starts`."""
+    weights = np.ones(size * scale, dtype=np.float32)
+    if index > 0:
+        overlap = (starts[index - 1] + size - starts[index]) * scale
+        if overlap > 0:
+            weights[:overlap] = np.minimum(weights[:overlap], ramp(overlap, kind))
+    if index < len(starts) - 1:
+        overlap = (starts[index] + size - starts[index + 1]) * scale
+        if overlap > 0:
+            weights[-overlap:] = np.minimum(weights[-overlap:], ramp(overlap, kind)[::-1])
+    return weights
+
+
+@dataclass(frozen=True)
+class Band:
+    """Finished output rows ``y .. y + len(pixels)`` of the blended image."""
+
+    y: int
+    pixels: np.ndarray
+
+
+class TileBlender:
+    """Accumulates processed tiles of a `TilePlan` and hands out finished rows as `Band`s.
+
+    Tiles may arrive in any order within a row; memory stays at about one tile row when rows
+    arrive top to bottom (a later row may come early, at the cost of a taller accumulator).
+    Processed tiles are ``scale`` times the plan's tile size (e.g. 4 for a 4x upscaler).
+    """
+
+    def __init__(
+        self,
+        plan: TilePlan,
+        *,
+        scale: int = 1,
+        channels: int = 3,
+        ramp: Ramp = "cosine",
+        transfer: Transfer = "srgb",
+        dtype: np.dtype | type = np.uint8,
+    ) -> None:
+        if scale < 1:
+            raise InvalidInput(f"`scale` must be at least 1 but is {scale}", field="scale")
+        if channels < 1:
+            raise InvalidInput(f"`channels` must be at least 1 but is {channels}", field="channels")
+        if ramp not in RAMPS:
+            raise InvalidInput(
+                f"`ramp` must be one of {', '.join(RAMPS)} but is {ramp!r}", field="ramp"
+            )
+        self.plan = plan
+        self.scale = scale
+        self.channels = channels
+        self.transfer: Transfer = transfer
+        self.dtype = np.dtype(dtype)
+        self.width = plan.width * scale
+        self.height = plan.height * scale
+        self._tile_w = plan.tile_width * scale
+        self._tile_h = plan.tile_height * scale
+        self._wx = [
+            axis_weights(plan.xs, plan.tile_width, i, scale, ramp) for i in range(plan.cols)
+        ]
+        self._wy = [
+            axis_weights(plan.ys, plan.tile_height, i, scale, ramp) for i in range(plan.rows)
+        ]
+        self._missing = [set(range(plan.cols)) for _ in range(plan.rows)]
+        self._flushed = 0  # output rows already handed out
+        capacity = min(self._tile_h, self.height)
+        self._acc = np.zeros((capacity, self.width, channels), dtype=np.float32)
+        self._wsum = np.zeros((capacity, self.width), dtype=np.float32)
+
+    @property
+    def done(self) -> bool:
+        """True once every row has been handed out."""
+        return self._flushed >= self.height
+
+    def missing(self) -> list[str]:
+        """Ids of the tiles not added yet, in row-major order."""
+        return [f"{r}_{c}" for r, cols in enumerate(self._missing) for c in sorted(cols)]
+
+    def add(self, tile: Tile, pixels: np.ndarray) -> list[Band]:
+        """Add one processed tile; returns the bands it finished (possibly none).
+
+        `pixels` is ``(tile_h * scale, tile_w * scale, channels)`` (or 2-D for one channel),
+        ``uint8``, ``uint16`` or float in 0..1 (sRGB-encoded when ``transfer="srgb"``).
+
+        Raises:
+            InvalidInput: a tile not of this plan, added twice, or of the wrong shape.
+        """
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        expected = (self._tile_h, self._tile_w, self.channels)
+        if pixels.shape != expected:
+            raise InvalidInput(
+                f"tile {tile.id} must have shape {expected} but has {pixels.shape}", field="tile"
+            )
+        if self.plan.tile(tile.id) != tile:
+            raise InvalidInput(f"tile {tile!r} is not part of this plan", field="tile")
+        if tile.col not in self._missing[tile.row]:
+            raise InvalidInput(f"tile {tile.id} was added twice", field="tile")
+
+        y0, x0 = tile.y * self.scale, tile.x * self.scale
+        rows = min(self._tile_h, self.height - y0)  # padded tiles stick out past the border
+        cols = min(self._tile_w, self.width - x0)
+        self._reserve(y0 + rows)
+        weight = self._wy[tile.row][:rows, None] * self._wx[tile.col][None, :cols]
+        top = y0 - self._flushed
+        self._acc[top : top + rows, x0 : x0 + cols] += (
+            to_working(pixels[:rows, :cols], self.transfer) * weight[..., None]
+        )
+        self._wsum[top : top + rows, x0 : x0 + cols] += weight
+        self._missing[tile.row].discard(tile.col)
+        return self._flush()
+
+    def _reserve(self, bottom: int) -> None:
+        needed = bottom - self._flushed
+        if needed <= self._acc.shape[0]:
+            return
+        acc = np.zeros((needed, self.width, self.channels), dtype=np.float32)
+        wsum = np.zeros((needed, self.width), dtype=np.float32)
+        acc[: self._acc.shape[0]] = self._acc
+        wsum[: self._wsum.shape[0]] = self._wsum
+        self._acc, self._wsum = acc, wsum
+
+    def _flush(self) -> list[Band]:
+        incomplete = next((r for r, missing in enumerate(self._missing) if missing), None)
+        final = self.height if incomplete is None else self.plan.ys[incomplete] * self.scale
+        count = final - self._flushed
+        if count <= 0:
+            return []
+        out = np.empty((count, self.width, self.channels), dtype=self.dtype)
+        for start in range(0, count, _ENCODE_ROWS):
+            stop = min(start + _ENCODE_ROWS, count)
+            mean = self._acc[start:stop] / self._wsum[start:stop, :, None]
+            out[start:stop] = from_working(mean, self.dtype, self.transfer)
+        # Slide the unfinished rows to the top and clear the rest for the next tiles.
+        keep = self._acc.shape[0] - count
+        if keep > 0:
+            self._acc[:keep] = self._acc[count:]
+            self._wsum[:keep] = self._wsum[count:]
+        self._acc[max(keep, 0) :] = 0
+        self._wsum[max(keep, 0) :] = 0
+        band = Band(self._flushed, out)
+        self._flushed = final
+        return [band]
+
+
+def blend_tiles(
+    plan: TilePlan,
+    tiles: Iterable[tuple[Tile, np.ndarray]],
+    *,
+    scale: int = 1,
+    channels: int = 3,
+    ramp: Ramp = "cosine",
+    transfer: Transfer = "srgb",
+    dtype: np.dtype | type = np.uint8,
+) -> np.ndarray:
+    """Blend all processed tiles of `plan` into one ``(H*scale, W*scale, channels)`` array.
+
+    The only full-canvas array is the result itself (in `dtype`); floats live in bands.
+
+    Raises:
+        InvalidInput: a bad tile (see `TileBlender.add`) or tiles missing at the end.
+    """
+    blender = TileBlender(
+        plan, scale=scale, channels=channels, ramp=ramp, transfer=transfer, dtype=dtype
+    )
+    out = np.empty((blender.height, blender.width, channels), dtype=blender.dtype)
+    for tile, pixels in tiles:
+        for band in blender.add(tile, pixels):
+            out[band.y : band.y + len(band.pixels)] = band.pixels
+    if not blender.done:
+        missing = blender.missing()
+        raise InvalidInput(
+            f"{len(missing)} tile(s) never arrived: {', '.join(missing[:8])}", field="tiles"
+        )
+    return out
