@@ -14,12 +14,13 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 install: $(STAMP)
 
 # Torch first and pinned: a loose torch requirement pulled in later would fetch a multi-GB CUDA
-# build on a CPU-only machine. With a CUDA GPU (nvidia-smi answers) the normal CUDA build is taken.
+# build on a CPU-only machine. With a CUDA GPU (nvidia-smi answers) the normal CUDA build is taken,
+# ignoring any machine-wide pip configuration that points at a local CPU wheel.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "CUDA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
-		$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
+		PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
 	else \
 		echo "No CUDA GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
 		$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \

@@ -1,7 +1,7 @@
 """The error hierarchy. Every error the library raises on purpose is an `AssetboxError`.
 
-Errors carry no HTTP: the server maps each class to a status code in one place. `code` is the stable,
-machine-readable name that ends up in a job's `{code, message}`.
+Errors carry no HTTP: the server maps each class to a status code in one place. `code` is the
+stable, machine-readable name that ends up in a job's `{code, message}`.
 """
 
 from __future__ import annotations

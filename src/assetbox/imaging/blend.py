@@ -38,7 +38,9 @@ def ramp(length: int, kind: Ramp = "cosine") -> np.ndarray:
     elif kind == "cosine":
         values = 0.5 - 0.5 * np.cos(np.pi * t)
     else:
-        raise InvalidInput(f"`ramp` must be one of {', '.join(RAMPS)} but is {kind!r}", field="ramp")
+        raise InvalidInput(
+            f"`ramp` must be one of {', '.join(RAMPS)} but is {kind!r}", field="ramp"
+        )
     return values.astype(np.float32)
 
 
@@ -117,6 +119,11 @@ class TileBlender:
     def done(self) -> bool:
         """True once every row has been handed out."""
         return self._flushed >= self.height
+
+    @property
+    def accumulator_rows(self) -> int:
+        """Rows of float accumulator held now (about one tile row when rows arrive in order)."""
+        return int(self._acc.shape[0])
 
     def missing(self) -> list[str]:
         """Ids of the tiles not added yet, in row-major order."""

@@ -1,7 +1,7 @@
 """Decoding and encoding of images: PNG, JPEG and WebP, with limits checked before decoding.
 
-A decoded image keeps colour and alpha apart (`DecodedImage.rgb`, `DecodedImage.alpha`) because every
-processing step treats them differently: colour is blended in linear light, alpha is not, and
+A decoded image keeps colour and alpha apart (`DecodedImage.rgb`, `DecodedImage.alpha`) because
+every processing step treats them differently: colour is blended in linear light, alpha is not, and
 upscalers see only colour. Native bit depth is kept (``uint8`` or ``uint16``) so that 16-bit inputs
 lose nothing before processing.
 """
@@ -196,7 +196,8 @@ def encode_image(
     elif fmt == "jpeg":
         im.save(out, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
     else:
-        im.save(out, "WEBP", quality=quality, lossless=lossless, method=4)
+        # exact=True keeps the colour under fully transparent pixels, which WebP drops by default.
+        im.save(out, "WEBP", quality=quality, lossless=lossless, method=4, exact=True)
     return out.getvalue()
 
 

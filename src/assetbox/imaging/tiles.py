@@ -14,6 +14,7 @@ An axis shorter than the tile gets one tile that sticks out past the border: the
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ PadMode = Literal["reflect", "edge", "constant"]
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile of a `TilePlan`, in image pixels. `x + size` may pass the border only when padded."""
+    """One tile of a `TilePlan`, in image pixels; it passes the border only when padded."""
 
     row: int
     col: int
@@ -87,8 +88,7 @@ class TilePlan:
             raise InvalidInput(f"`overlap` must be 0 or more but is {overlap}", field="overlap")
         if overlap >= min(tile_w, tile_h):
             raise InvalidInput(
-                f"`overlap` must be smaller than the tile ({min(tile_w, tile_h)}) but is "
-                f"{overlap}",
+                f"`overlap` must be smaller than the tile ({min(tile_w, tile_h)}) but is {overlap}",
                 field="overlap",
             )
         return cls(
@@ -150,7 +150,7 @@ class TilePlan:
     def seams(self, axis: Literal["x", "y"]) -> list[int]:
         """Overlap in pixels of each pair of neighbours along an axis (empty for one tile)."""
         starts, size = (self.xs, self.tile_width) if axis == "x" else (self.ys, self.tile_height)
-        return [a + size - b for a, b in zip(starts, starts[1:], strict=False)]
+        return [a + size - b for a, b in itertools.pairwise(starts)]
 
 
 def extract_tile(image: np.ndarray, tile: Tile, pad_mode: PadMode = "reflect") -> np.ndarray:

@@ -36,9 +36,7 @@ def linear_to_srgb(values: np.ndarray) -> np.ndarray:
 def _decode_lut(bits: int, transfer: Transfer) -> np.ndarray:
     levels = np.arange(2**bits, dtype=np.float64) / (2**bits - 1)
     if transfer == "srgb":
-        levels = np.where(
-            levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4
-        )
+        levels = np.where(levels <= 0.04045, levels / 12.92, ((levels + 0.055) / 1.055) ** 2.4)
     lut = levels.astype(np.float32)
     lut.flags.writeable = False
     return lut

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from assetbox import __version__
+from assetbox.cli import app
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"assetbox {__version__}"
+    assert __version__ != "0.0.0"  # the installed package's metadata is found
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "tiles" in result.output
+
+
+def test_tiles_prints_the_plan() -> None:
+    result = runner.invoke(app, ["tiles", "8192", "8192", "--tile", "1024", "--overlap", "128"])
+    assert result.exit_code == 0, result.output
+    assert "81 tiles" in result.output
+    assert "7168" in result.output  # last start, flush with the border
+
+
+def test_tiles_refuses_an_overlap_as_large_as_the_tile() -> None:
+    result = runner.invoke(app, ["tiles", "100", "100", "--tile", "64", "--overlap", "64"])
+    assert result.exit_code == 2
+    assert "overlap" in result.output
