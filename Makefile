@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	else \
 		echo "No CUDA GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
 		$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
-		$(BIN)/python -c "import torch; torch.version.cuda is None or print('WARNING: torch', \
+		$(BIN)/python -W ignore -c "import torch; torch.version.cuda is None or print('WARNING: torch', \
 			torch.__version__, 'is a CUDA build; set TORCH_PIP_ARGS to an index with CPU builds')"; \
 	fi 2>&1 | grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
 	$(PIP) install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
