@@ -152,3 +152,33 @@ def test_missing_tiles_are_reported() -> None:
 def test_blender_refuses_bad_options(options: dict, field: str) -> None:
     with pytest.raises(InvalidInput, match=f"`{field}`"):
         TileBlender(TilePlan.for_image(10, 10, 8, 2), **options)
+
+
+def test_margins_drop_the_context_and_still_sum_to_one() -> None:
+    starts = (0, 80, 160)  # tiles of 128, seams of 48
+    margin = 10
+    first = axis_weights(starts, 128, 0, margin=margin)
+    middle = axis_weights(starts, 128, 1, margin=margin)
+    assert first[0] == 1  # the image border keeps its pixels
+    assert (first[-margin:] == 0).all() and (middle[:margin] == 0).all()
+    total = np.zeros(288, np.float32)
+    for index, start in enumerate(starts):
+        total[start : start + 128] += axis_weights(starts, 128, index, margin=margin)
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_margin_needs_room_in_the_seam() -> None:
+    with pytest.raises(InvalidInput, match="cannot hold two margins"):
+        axis_weights((0, 100), 128, 0, margin=14)
+
+
+@given(cases(), st.integers(1, 12))
+@settings(max_examples=60, deadline=None)
+def test_unchanged_tiles_with_margins_reproduce_the_input(case, margin: int) -> None:
+    width, height, tile, _, kind, seed = case
+    tile = max(tile, 2 * margin + 2)
+    overlap = 2 * margin + 1
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    plan = TilePlan.for_image(width, height, tile, overlap)
+    out = blend_tiles(plan, unchanged(image, plan), ramp=kind, margin=margin)
+    assert np.abs(out.astype(int) - image).max() <= 1

@@ -45,19 +45,50 @@ def ramp(length: int, kind: Ramp = "cosine") -> np.ndarray:
 
 
 def axis_weights(
-    starts: tuple[int, ...], size: int, index: int, scale: int = 1, kind: Ramp = "cosine"
+    starts: tuple[int, ...],
+    size: int,
+    index: int,
+    scale: int = 1,
+    kind: Ramp = "cosine",
+    margin: int = 0,
 ) -> np.ndarray:
-    """1-D weights (length ``size * scale``) of tile `index` along an axis with tile `starts`."""
+    """1-D weights (length ``size * scale``) of tile `index` along an axis with tile `starts`.
+
+    The weight ramps over each seam's overlap. With a `margin`, the outer `margin` pixels of a
+    seam side get weight 0 (they are context for the model, not output) and the ramp covers what
+    is left of the overlap; sides on the image border keep their pixels.
+
+    Raises:
+        InvalidInput: a seam narrower than twice the margin.
+    """
     weights = np.ones(size * scale, dtype=np.float32)
+    cut = margin * scale
     if index > 0:
         overlap = (starts[index - 1] + size - starts[index]) * scale
-        if overlap > 0:
-            weights[:overlap] = np.minimum(weights[:overlap], ramp(overlap, kind))
+        length = _ramp_length(overlap, cut)
+        weights[:cut] = 0
+        weights[cut : cut + length] = np.minimum(
+            weights[cut : cut + length], ramp(length, kind)
+        )
     if index < len(starts) - 1:
         overlap = (starts[index] + size - starts[index + 1]) * scale
-        if overlap > 0:
-            weights[-overlap:] = np.minimum(weights[-overlap:], ramp(overlap, kind)[::-1])
+        length = _ramp_length(overlap, cut)
+        end = size * scale - cut
+        weights[end:] = 0
+        weights[end - length : end] = np.minimum(
+            weights[end - length : end], ramp(length, kind)[::-1]
+        )
     return weights
+
+
+def _ramp_length(overlap: int, cut: int) -> int:
+    length = overlap - 2 * cut
+    if length < 0 or (length == 0 and cut > 0):
+        raise InvalidInput(
+            f"a seam of {overlap} px cannot hold two margins of {cut} px and a blend",
+            field="overlap",
+        )
+    return length
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,9 @@ class Band:
 
 class TileBlender:
     """Accumulates processed tiles of a `TilePlan` and hands out finished rows as `Band`s.
+
+    A `margin` (in plan pixels) leaves out the outer pixels of every inner tile edge: a model
+    that needs context sees them, but only the tile's centre counts (see `axis_weights`).
 
     Tiles may arrive in any order within a row; memory stays at about one tile row when rows
     arrive top to bottom (a later row may come early, at the cost of a taller accumulator).
@@ -85,6 +119,7 @@ class TileBlender:
         ramp: Ramp = "cosine",
         transfer: Transfer = "srgb",
         dtype: np.dtype | type = np.uint8,
+        margin: int = 0,
     ) -> None:
         if scale < 1:
             raise InvalidInput(f"`scale` must be at least 1 but is {scale}", field="scale")
@@ -103,11 +138,15 @@ class TileBlender:
         self.height = plan.height * scale
         self._tile_w = plan.tile_width * scale
         self._tile_h = plan.tile_height * scale
+        if margin < 0:
+            raise InvalidInput(f"`margin` must be 0 or more but is {margin}", field="margin")
         self._wx = [
-            axis_weights(plan.xs, plan.tile_width, i, scale, ramp) for i in range(plan.cols)
+            axis_weights(plan.xs, plan.tile_width, i, scale, ramp, margin)
+            for i in range(plan.cols)
         ]
         self._wy = [
-            axis_weights(plan.ys, plan.tile_height, i, scale, ramp) for i in range(plan.rows)
+            axis_weights(plan.ys, plan.tile_height, i, scale, ramp, margin)
+            for i in range(plan.rows)
         ]
         self._missing = [set(range(plan.cols)) for _ in range(plan.rows)]
         self._flushed = 0  # output rows already handed out
@@ -205,6 +244,7 @@ def blend_tiles(
     ramp: Ramp = "cosine",
     transfer: Transfer = "srgb",
     dtype: np.dtype | type = np.uint8,
+    margin: int = 0,
 ) -> np.ndarray:
     """Blend all processed tiles of `plan` into one ``(H*scale, W*scale, channels)`` array.
 
@@ -214,7 +254,13 @@ def blend_tiles(
         InvalidInput: a bad tile (see `TileBlender.add`) or tiles missing at the end.
     """
     blender = TileBlender(
-        plan, scale=scale, channels=channels, ramp=ramp, transfer=transfer, dtype=dtype
+        plan,
+        scale=scale,
+        channels=channels,
+        ramp=ramp,
+        transfer=transfer,
+        dtype=dtype,
+        margin=margin,
     )
     out = np.empty((blender.height, blender.width, channels), dtype=blender.dtype)
     for tile, pixels in tiles:

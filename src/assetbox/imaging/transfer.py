@@ -61,6 +61,18 @@ def to_working(pixels: np.ndarray, transfer: Transfer = "srgb") -> np.ndarray:
     raise InvalidInput(f"pixels must be uint8, uint16 or float but are {pixels.dtype}")
 
 
+@cache
+def _encode_lut_8bit() -> np.ndarray:
+    # Linear values quantised to 16 bits index an 8-bit sRGB table. The sRGB curve is at most
+    # 12.92 steep, so a table step moves the result by under 0.06 of an 8-bit level: it rounds
+    # like the formula except within 0.06 of a half level, and is several times faster.
+    linear = np.arange(65536, dtype=np.float64) / 65535
+    srgb = np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055)
+    lut = np.rint(srgb * 255).astype(np.uint8)
+    lut.flags.writeable = False
+    return lut
+
+
 def from_working(
     values: np.ndarray, dtype: np.dtype | type = np.uint8, transfer: Transfer = "srgb"
 ) -> np.ndarray:
@@ -70,6 +82,10 @@ def from_working(
         InvalidInput: an unsupported dtype.
     """
     dtype = np.dtype(dtype)
+    if dtype == np.uint8 and transfer == "srgb":
+        index = np.clip(values, 0.0, 1.0) * np.float32(65535)
+        index += np.float32(0.5)
+        return _encode_lut_8bit()[index.astype(np.uint16)]
     encoded = linear_to_srgb(values) if transfer == "srgb" else np.clip(values, 0.0, 1.0)
     if dtype == np.uint8 or dtype == np.uint16:
         top = np.float32(np.iinfo(dtype).max)
