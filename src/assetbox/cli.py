@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from assetbox import __version__
+from assetbox.errors import AssetboxError, InvalidInput
 
 app = typer.Typer(
     name="assetbox",
@@ -14,6 +20,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+models_app = typer.Typer(
+    help="The model store: list, import and remove models.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
 
 
 def _print_version(value: bool) -> None:
@@ -37,6 +49,178 @@ def main(
     """AI Assets Toolbox: generate, edit, caption and upscale images."""
 
 
+def _fail(exc: AssetboxError) -> typer.Exit:
+    where = f" ({exc.field})" if isinstance(exc, InvalidInput) and exc.field else ""
+    err.print(f"[red]error{where}:[/red] {exc.message}", highlight=False)
+    return typer.Exit(code=2 if isinstance(exc, InvalidInput) else 1)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # A crash or a full disk never leaves a half-written output behind.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command("upscale")
+def upscale(
+    input: Annotated[Path, typer.Argument(help="Image to upscale (PNG, JPEG or WebP).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
+    model: Annotated[str, typer.Option(help="Upscaler id (assetbox models list).")] = (
+        "realesrgan-x4plus"
+    ),
+    scale: Annotated[
+        int | None, typer.Option(help="2, 3 or 4; below the model's scale: Lanczos down.")
+    ] = None,
+    tile: Annotated[int, typer.Option(help="Core tile in input px; 0 = one untiled pass.")] = 256,
+    overlap: Annotated[int, typer.Option(help="Feathered seam between tiles, input px.")] = 8,
+    batch: Annotated[int, typer.Option(help="Tiles per forward pass (torch).")] = 4,
+    engine: Annotated[str, typer.Option(help="auto, torch or ncnn.")] = "auto",
+    alpha: Annotated[str, typer.Option(help="Alpha upscaling: model or lanczos.")] = "model",
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 95,
+) -> None:
+    """Upscale an image with a Real-ESRGAN-class model (built-in models need no download)."""
+    from pydantic import ValidationError
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from assetbox.engine.upscale import UpscaleRequest, format_for_path, run_upscale
+
+    try:
+        fmt = format_for_path(output)
+        if scale is not None and scale not in (2, 3, 4):
+            raise InvalidInput(f"`scale` must be 2, 3 or 4 but is {scale}", field="scale")
+        try:
+            request = UpscaleRequest(
+                model=model,
+                scale=scale,
+                tile=tile,
+                overlap=overlap,
+                batch=batch,
+                engine=engine,  # type: ignore[arg-type]
+                alpha=alpha,  # type: ignore[arg-type]
+                format=fmt,
+                quality=quality,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidInput(
+                f"`{first['loc'][0]}`: {first['msg']}", field=str(first["loc"][0])
+            ) from exc
+        try:
+            data = input.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {input}: {exc.strerror}", field="input") from exc
+
+        show = err.is_terminal
+        with Progress(
+            TextColumn("[bold]upscaling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tiles"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not show,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("upscale", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            def message(text: str) -> None:
+                err.print(text, highlight=False)
+
+            result = run_upscale(data, request, progress=progress, message=message)
+        _write_atomically(output, result.data)
+    except AssetboxError as exc:
+        raise _fail(exc) from exc
+    if show:
+        err.print(
+            f"wrote {output} ({result.width}x{result.height}, {result.model} on {result.engine})",
+            highlight=False,
+        )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the models in the store (built-in upscalers are converted on first listing)."""
+    from rich.table import Table
+
+    from assetbox.engine.upscale import model_store
+    from assetbox.models.builtin import ensure_builtin_upscalers
+
+    store = model_store()
+    try:
+        ensure_builtin_upscalers(store, progress=lambda text: err.print(text, highlight=False))
+    except AssetboxError as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"models in {store.root}")
+    for column in ("id", "kind", "architecture", "scale", "engines", "size", "source", "added"):
+        table.add_column(column, overflow="fold")
+    for m in store.list():
+        table.add_row(
+            m.id,
+            m.kind,
+            m.architecture,
+            f"x{m.scale}",
+            ", ".join(m.engines),
+            f"{m.size / 2**20:.1f} MiB",
+            m.source,
+            m.added.strftime("%Y-%m-%d %H:%M"),
+        )
+    Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None).print(table)
+
+
+@models_app.command("rm")
+def models_rm(model_id: Annotated[str, typer.Argument(help="Id of the model to delete.")]) -> None:
+    """Delete a model from the store."""
+    from assetbox.engine.upscale import model_store
+
+    try:
+        manifest = model_store().remove(model_id)
+    except AssetboxError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"removed {manifest.id}")
+
+
+@models_app.command("import")
+def models_import(
+    path: Annotated[
+        Path, typer.Argument(help="An ncnn .param (with its .bin), .safetensors or .pth")
+    ],
+    model_id: Annotated[
+        str | None, typer.Option("--id", help="Store id (default: file name).")
+    ] = None,
+) -> None:
+    """Import an upscaler into the store (architecture detected by spandrel)."""
+    from assetbox.engine.upscale import model_store
+    from assetbox.models.importer import import_upscaler
+
+    try:
+        manifest = import_upscaler(
+            model_store(), path, model_id=model_id, progress=lambda t: err.print(t, highlight=False)
+        )
+    except AssetboxError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"imported {manifest.id}: {manifest.architecture} x{manifest.scale}")
+
+
 @app.command("tiles")
 def tiles(
     width: Annotated[int, typer.Argument(help="Image width in pixels.")],
@@ -45,10 +229,8 @@ def tiles(
     overlap: Annotated[int, typer.Option(help="Least overlap between neighbours.")] = 128,
 ) -> None:
     """Show the tile plan for an image size: grid, tile positions and seam overlaps."""
-    from rich.console import Console
     from rich.table import Table
 
-    from assetbox.errors import InvalidInput
     from assetbox.imaging import TilePlan
 
     try:

@@ -67,9 +67,7 @@ def axis_weights(
         overlap = (starts[index - 1] + size - starts[index]) * scale
         length = _ramp_length(overlap, cut)
         weights[:cut] = 0
-        weights[cut : cut + length] = np.minimum(
-            weights[cut : cut + length], ramp(length, kind)
-        )
+        weights[cut : cut + length] = np.minimum(weights[cut : cut + length], ramp(length, kind))
     if index < len(starts) - 1:
         overlap = (starts[index] + size - starts[index + 1]) * scale
         length = _ramp_length(overlap, cut)
@@ -89,6 +87,11 @@ def _ramp_length(overlap: int, cut: int) -> int:
             field="overlap",
         )
     return length
+
+
+def _nonzero_span(weights: np.ndarray) -> tuple[int, int]:
+    nonzero = np.flatnonzero(weights)
+    return int(nonzero[0]), int(nonzero[-1]) + 1
 
 
 @dataclass(frozen=True)
@@ -141,13 +144,14 @@ class TileBlender:
         if margin < 0:
             raise InvalidInput(f"`margin` must be 0 or more but is {margin}", field="margin")
         self._wx = [
-            axis_weights(plan.xs, plan.tile_width, i, scale, ramp, margin)
-            for i in range(plan.cols)
+            axis_weights(plan.xs, plan.tile_width, i, scale, ramp, margin) for i in range(plan.cols)
         ]
         self._wy = [
             axis_weights(plan.ys, plan.tile_height, i, scale, ramp, margin)
             for i in range(plan.rows)
         ]
+        self._span_x = [_nonzero_span(w) for w in self._wx]
+        self._span_y = [_nonzero_span(w) for w in self._wy]
         self._missing = [set(range(plan.cols)) for _ in range(plan.rows)]
         self._flushed = 0  # output rows already handed out
         capacity = min(self._tile_h, self.height)
@@ -189,15 +193,19 @@ class TileBlender:
         if tile.col not in self._missing[tile.row]:
             raise InvalidInput(f"tile {tile.id} was added twice", field="tile")
 
-        y0, x0 = tile.y * self.scale, tile.x * self.scale
-        rows = min(self._tile_h, self.height - y0)  # padded tiles stick out past the border
-        cols = min(self._tile_w, self.width - x0)
+        # Only the part with weight counts: margins (weight 0) and the padding past the border
+        # are cut off before any float work.
+        (r0, r1), (c0, c1) = self._span_y[tile.row], self._span_x[tile.col]
+        y0, x0 = tile.y * self.scale + r0, tile.x * self.scale + c0
+        r1 = min(r1, self.height - tile.y * self.scale)
+        c1 = min(c1, self.width - tile.x * self.scale)
+        rows, cols = r1 - r0, c1 - c0
         self._reserve(y0 + rows)
-        weight = self._wy[tile.row][:rows, None] * self._wx[tile.col][None, :cols]
+        weight = self._wy[tile.row][r0:r1, None] * self._wx[tile.col][None, c0:c1]
         top = y0 - self._flushed
-        self._acc[top : top + rows, x0 : x0 + cols] += (
-            to_working(pixels[:rows, :cols], self.transfer) * weight[..., None]
-        )
+        work = to_working(pixels[r0:r1, c0:c1], self.transfer)
+        work *= weight[..., None]
+        self._acc[top : top + rows, x0 : x0 + cols] += work
         self._wsum[top : top + rows, x0 : x0 + cols] += weight
         self._missing[tile.row].discard(tile.col)
         return self._flush()

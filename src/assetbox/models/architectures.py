@@ -79,7 +79,9 @@ def import_spandrel() -> spandrel:  # type: ignore[valid-type]
     try:
         return importlib.import_module("spandrel")
     except ImportError as exc:
-        raise ModelError(f"spandrel is needed to load upscalers but cannot be imported: {exc}")
+        raise ModelError(
+            f"spandrel is needed to load upscalers but cannot be imported: {exc}"
+        ) from exc
 
 
 def load_descriptor(state_dict: dict[str, torch.Tensor]) -> Any:

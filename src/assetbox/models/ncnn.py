@@ -239,8 +239,7 @@ def _compact(
         expected = "Convolution" if index % 2 == 0 else "PReLU"
         if layer.type != expected:
             raise UnsupportedFormat(
-                f"{source}: layer {index} of the compact body is {layer.type}, "
-                f"expected {expected}",
+                f"{source}: layer {index} of the compact body is {layer.type}, expected {expected}",
                 field="path",
             )
         for name, value in tensors.items():

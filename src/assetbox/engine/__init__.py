@@ -1,0 +1,1 @@
+"""Jobs and the work they run: request validation, planning, execution."""

@@ -1,0 +1,186 @@
+"""The model store: one folder per model under ``<data_dir>/models/<kind>s/<id>/``.
+
+Each folder holds ``manifest.json`` and the weights (``model.safetensors``; models that came in
+ncnn format also keep ``model.param``/``model.bin`` for the ncnn engine). A model is added by
+building its folder under ``models/.staging/`` and renaming it into place, so a crash or a refused
+import never leaves a half-written model in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from assetbox.errors import Conflict, InvalidInput, NotFound
+
+ModelKind = Literal["upscaler"]
+KINDS: tuple[ModelKind, ...] = ("upscaler",)
+Engine = Literal["torch", "ncnn"]
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+WEIGHTS_FILE = "model.safetensors"
+NCNN_PARAM_FILE = "model.param"
+NCNN_BIN_FILE = "model.bin"
+
+
+class ModelManifest(BaseModel):
+    """What the store knows of one model (``manifest.json``)."""
+
+    id: str
+    kind: ModelKind
+    architecture: str = Field(description="spandrel's architecture id, e.g. ESRGAN or Compact")
+    scale: int = Field(description="native output scale")
+    network_scale: int = Field(description="scale of the network before any post-resize")
+    post_resize: float | None = Field(
+        default=None, description="bicubic factor applied after the network (ncnn x2/x3 files)"
+    )
+    context: int = Field(description="input pixels of context a tile needs on each side")
+    engines: list[Engine] = Field(description="engines that can run it")
+    source: str
+    sha256: str = Field(description="of model.safetensors")
+    size: int = Field(description="bytes on disk, all files")
+    added: datetime
+
+
+def validate_model_id(model_id: str, *, field: str = "id") -> str:
+    """`model_id` if it is a safe store id (lower-case letters, digits, ``.``, ``_``, ``-``).
+
+    Raises:
+        InvalidInput: anything else, including path separators and ``..``.
+    """
+    if not _ID.match(model_id) or ".." in model_id:
+        raise InvalidInput(
+            f"`{field}` must be 1-64 lower-case letters, digits, '.', '_' or '-' (starting with "
+            f"a letter or digit) but is {model_id!r}",
+            field=field,
+        )
+    return model_id
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelStore:
+    """Models on disk under ``root`` (normally ``<data_dir>/models``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _kind_dir(self, kind: ModelKind) -> Path:
+        return self.root / f"{kind}s"
+
+    def path(self, model_id: str, kind: ModelKind = "upscaler") -> Path:
+        """The folder of a model (which may not exist)."""
+        return self._kind_dir(kind) / validate_model_id(model_id)
+
+    def list(self, kind: ModelKind | None = None) -> list[ModelManifest]:
+        """Manifests of every model of `kind` (all kinds when None), sorted by id."""
+        manifests = []
+        for k in KINDS if kind is None else (kind,):
+            folder = self._kind_dir(k)
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                manifest_path = entry / "manifest.json"
+                if manifest_path.is_file():
+                    manifests.append(ModelManifest.model_validate_json(manifest_path.read_text()))
+        return manifests
+
+    def exists(self, model_id: str, kind: ModelKind = "upscaler") -> bool:
+        return (self.path(model_id, kind) / "manifest.json").is_file()
+
+    def get(self, model_id: str, kind: ModelKind = "upscaler") -> ModelManifest:
+        """The manifest of a model.
+
+        Raises:
+            InvalidInput: a malformed id.
+            NotFound: no such model in the store.
+        """
+        manifest_path = self.path(model_id, kind) / "manifest.json"
+        if not manifest_path.is_file():
+            known = ", ".join(m.id for m in self.list(kind)) or "none"
+            raise NotFound(f"no {kind} {model_id!r} in the store (available: {known})")
+        return ModelManifest.model_validate_json(manifest_path.read_text())
+
+    def remove(self, model_id: str, kind: ModelKind = "upscaler") -> ModelManifest:
+        """Delete a model's folder; returns its manifest.
+
+        Raises:
+            NotFound: no such model.
+        """
+        manifest = self.get(model_id, kind)
+        folder = self.path(model_id, kind)
+        # Rename first so that a reader never sees a half-deleted folder.
+        trash = self.root / ".staging" / f"rm-{uuid.uuid4().hex}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return manifest
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh folder to build a model in; removed afterwards unless `commit` moved it."""
+        folder = self.root / ".staging" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def commit(self, staged: Path, manifest: ModelManifest) -> ModelManifest:
+        """Write the manifest into `staged` and move the folder into place atomically.
+
+        Raises:
+            Conflict: a model with that id already exists.
+        """
+        for path in staged.iterdir():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+        manifest_path = staged / "manifest.json"
+        manifest_path.write_text(manifest.model_dump_json(indent=2) + "\n")
+        target = self.path(manifest.id, manifest.kind)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            raise Conflict(f"a {manifest.kind} with id {manifest.id!r} is already in the store")
+        try:
+            os.rename(staged, target)
+        except OSError as exc:  # another process committed the same id first
+            raise Conflict(
+                f"a {manifest.kind} with id {manifest.id!r} is already in the store"
+            ) from exc
+        return manifest
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock across processes, for check-then-add sequences."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
