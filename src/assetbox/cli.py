@@ -80,8 +80,13 @@ def upscale(
     scale: Annotated[
         int | None, typer.Option(help="2, 3 or 4; below the model's scale: Lanczos down.")
     ] = None,
-    tile: Annotated[int, typer.Option(help="Core tile in input px; 0 = one untiled pass.")] = 256,
-    overlap: Annotated[int, typer.Option(help="Feathered seam between tiles, input px.")] = 8,
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            help="Core tile in input px; 0 = one untiled pass. [default: 224 CPU, 512 GPU]"
+        ),
+    ] = None,
+    overlap: Annotated[int, typer.Option(help="Feathered seam between tiles, input px.")] = 4,
     batch: Annotated[int, typer.Option(help="Tiles per forward pass (torch).")] = 4,
     engine: Annotated[str, typer.Option(help="auto, torch or ncnn.")] = "auto",
     alpha: Annotated[str, typer.Option(help="Alpha upscaling: model or lanczos.")] = "model",

@@ -182,3 +182,15 @@ def test_unchanged_tiles_with_margins_reproduce_the_input(case, margin: int) -> 
     plan = TilePlan.for_image(width, height, tile, overlap)
     out = blend_tiles(plan, unchanged(image, plan), ramp=kind, margin=margin)
     assert np.abs(out.astype(int) - image).max() <= 1
+
+
+@pytest.mark.parametrize("margin", [0, 3])
+def test_pixels_only_one_tile_covers_are_kept_exactly_as_the_float_path_gives(margin: int) -> None:
+    # Tiles that disagree everywhere: blending integer tiles (which pastes the parts only one
+    # tile covers) must equal blending the same tiles as floats (all through the accumulator).
+    rng = np.random.default_rng(5)
+    plan = TilePlan.for_image(150, 110, 48, 2 * margin + 9)
+    tiles = [(t, rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for t in plan]
+    as_uint8 = blend_tiles(plan, tiles, margin=margin)
+    as_float = blend_tiles(plan, [(t, p.astype(np.float32) / 255) for t, p in tiles], margin=margin)
+    assert np.abs(as_uint8.astype(int) - as_float).max() <= 1

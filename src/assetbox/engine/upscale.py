@@ -20,7 +20,6 @@ from assetbox.models.store import ModelStore
 from assetbox.pipelines.upscale_gan import (
     DEFAULT_BATCH,
     DEFAULT_OVERLAP,
-    DEFAULT_TILE,
     AlphaMode,
     EngineChoice,
     TileSettings,
@@ -35,7 +34,9 @@ class UpscaleRequest(BaseModel):
 
     model: str = Field(default=DEFAULT_UPSCALER, description="store id of the upscaler")
     scale: int | None = Field(default=None, ge=1, le=8, description="default: the model's")
-    tile: int = Field(default=DEFAULT_TILE, ge=0, description="core tile in input px; 0 = untiled")
+    tile: int | None = Field(
+        default=None, ge=0, description="core tile in input px; 0 = untiled; default by engine"
+    )
     overlap: int = Field(default=DEFAULT_OVERLAP, ge=0, description="feathered seam, input px")
     batch: int = Field(default=DEFAULT_BATCH, ge=1, le=64, description="windows per forward pass")
     engine: EngineChoice = "auto"
@@ -86,7 +87,7 @@ def run_upscale(
         post_resize=manifest.post_resize,
     )
     settings = TileSettings(
-        tile=request.tile,
+        tile=backend.preferred_tile if request.tile is None else request.tile,
         overlap=request.overlap,
         context=manifest.context,
         batch=request.batch,

@@ -94,6 +94,29 @@ def _nonzero_span(weights: np.ndarray) -> tuple[int, int]:
     return int(nonzero[0]), int(nonzero[-1]) + 1
 
 
+def _exclusive_spans(
+    starts: tuple[int, ...],
+    spans: list[tuple[int, int]],
+    weights: list[np.ndarray],
+    scale: int,
+) -> list[tuple[int, int]]:
+    """Per tile, the local range where its weight is 1 and no other tile has any weight."""
+    result = []
+    for index, start in enumerate(starts):
+        ones = np.flatnonzero(weights[index] == 1)
+        if ones.size == 0:
+            result.append((0, 0))
+            continue
+        lo, hi = int(ones[0]), int(ones[-1]) + 1
+        for other, other_start in enumerate(starts):
+            if other < index:
+                lo = max(lo, (other_start - start) * scale + spans[other][1])
+            elif other > index:
+                hi = min(hi, (other_start - start) * scale + spans[other][0])
+        result.append((lo, hi) if lo < hi else (0, 0))
+    return result
+
+
 @dataclass(frozen=True)
 class Band:
     """Finished output rows ``y .. y + len(pixels)`` of the blended image."""
@@ -152,11 +175,17 @@ class TileBlender:
         ]
         self._span_x = [_nonzero_span(w) for w in self._wx]
         self._span_y = [_nonzero_span(w) for w in self._wy]
+        self._own_x = _exclusive_spans(plan.xs, self._span_x, self._wx, scale)
+        self._own_y = _exclusive_spans(plan.ys, self._span_y, self._wy, scale)
         self._missing = [set(range(plan.cols)) for _ in range(plan.rows)]
         self._flushed = 0  # output rows already handed out
         capacity = min(self._tile_h, self.height)
         self._acc = np.zeros((capacity, self.width, channels), dtype=np.float32)
         self._wsum = np.zeros((capacity, self.width), dtype=np.float32)
+        # Pixels only one tile covers, at weight 1, need no float work: they are kept as they
+        # came (in `_direct`, rows aligned with `_acc`) and pasted over the band when it is done.
+        self._direct = np.zeros((capacity, self.width, channels), dtype=self.dtype)
+        self._rects: list[tuple[int, int, int, int]] = []  # (y0, y1, x0, x1) in `_direct`
 
     @property
     def done(self) -> bool:
@@ -195,20 +224,34 @@ class TileBlender:
 
         # Only the part with weight counts: margins (weight 0) and the padding past the border
         # are cut off before any float work.
+        oy, ox = tile.y * self.scale, tile.x * self.scale
         (r0, r1), (c0, c1) = self._span_y[tile.row], self._span_x[tile.col]
-        y0, x0 = tile.y * self.scale + r0, tile.x * self.scale + c0
-        r1 = min(r1, self.height - tile.y * self.scale)
-        c1 = min(c1, self.width - tile.x * self.scale)
-        rows, cols = r1 - r0, c1 - c0
-        self._reserve(y0 + rows)
-        weight = self._wy[tile.row][r0:r1, None] * self._wx[tile.col][None, c0:c1]
-        top = y0 - self._flushed
-        work = to_working(pixels[r0:r1, c0:c1], self.transfer)
-        work *= weight[..., None]
-        self._acc[top : top + rows, x0 : x0 + cols] += work
-        self._wsum[top : top + rows, x0 : x0 + cols] += weight
+        r1, c1 = min(r1, self.height - oy), min(c1, self.width - ox)
+        self._reserve(oy + r1)
+        (e0, e1), (f0, f1) = self._own_y[tile.row], self._own_x[tile.col]
+        e1, f1 = min(e1, r1), min(f1, c1)
+        if e0 < e1 and f0 < f1 and pixels.dtype == self.dtype:
+            top = oy - self._flushed
+            self._direct[top + e0 : top + e1, ox + f0 : ox + f1] = pixels[e0:e1, f0:f1]
+            self._wsum[top + e0 : top + e1, ox + f0 : ox + f1] = 1  # keeps the division finite
+            self._rects.append((oy + e0, oy + e1, ox + f0, ox + f1))
+            strips = [(r0, e0, c0, c1), (e1, r1, c0, c1), (e0, e1, c0, f0), (e0, e1, f1, c1)]
+        else:
+            strips = [(r0, r1, c0, c1)]
+        for a, b, c, d in strips:
+            if a < b and c < d:
+                self._accumulate(tile, pixels, a, b, c, d)
         self._missing[tile.row].discard(tile.col)
         return self._flush()
+
+    def _accumulate(self, tile: Tile, pixels: np.ndarray, r0: int, r1: int, c0: int, c1: int):
+        weight = self._wy[tile.row][r0:r1, None] * self._wx[tile.col][None, c0:c1]
+        top = tile.y * self.scale - self._flushed
+        left = tile.x * self.scale
+        work = to_working(pixels[r0:r1, c0:c1], self.transfer)
+        work *= weight[..., None]
+        self._acc[top + r0 : top + r1, left + c0 : left + c1] += work
+        self._wsum[top + r0 : top + r1, left + c0 : left + c1] += weight
 
     def _reserve(self, bottom: int) -> None:
         needed = bottom - self._flushed
@@ -216,9 +259,11 @@ class TileBlender:
             return
         acc = np.zeros((needed, self.width, self.channels), dtype=np.float32)
         wsum = np.zeros((needed, self.width), dtype=np.float32)
+        direct = np.zeros((needed, self.width, self.channels), dtype=self.dtype)
         acc[: self._acc.shape[0]] = self._acc
         wsum[: self._wsum.shape[0]] = self._wsum
-        self._acc, self._wsum = acc, wsum
+        direct[: self._direct.shape[0]] = self._direct
+        self._acc, self._wsum, self._direct = acc, wsum, direct
 
     def _flush(self) -> list[Band]:
         incomplete = next((r for r, missing in enumerate(self._missing) if missing), None)
@@ -231,11 +276,18 @@ class TileBlender:
             stop = min(start + _ENCODE_ROWS, count)
             mean = self._acc[start:stop] / self._wsum[start:stop, :, None]
             out[start:stop] = from_working(mean, self.dtype, self.transfer)
+        base = self._flushed
+        for y0, y1, x0, x1 in self._rects:
+            a, b = max(y0, base), min(y1, final)
+            if a < b:
+                out[a - base : b - base, x0:x1] = self._direct[a - base : b - base, x0:x1]
+        self._rects = [rect for rect in self._rects if rect[1] > final]
         # Slide the unfinished rows to the top and clear the rest for the next tiles.
         keep = self._acc.shape[0] - count
         if keep > 0:
             self._acc[:keep] = self._acc[count:]
             self._wsum[:keep] = self._wsum[count:]
+            self._direct[:keep] = self._direct[count:]
         self._acc[max(keep, 0) :] = 0
         self._wsum[max(keep, 0) :] = 0
         band = Band(self._flushed, out)

@@ -37,7 +37,7 @@ Progress = Callable[[str], None]
 # px and 1/255 with 8 px; RRDBNet (x4plus) by 0.17/255 on average (p99.9 4/255) with 24 px and
 # 0.06/255 (p99.9 2/255) with 32 px. The x2/x3 Compact files add a bicubic resize (2 px).
 _DEFAULT_CONTEXT = 32
-_CONTEXT = {"Compact": 10, "ESRGAN": 32}
+_CONTEXT = {"Compact": 8, "ESRGAN": 32}
 
 
 def _context(architecture: str, post_resize: float | None) -> int:
