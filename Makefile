@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # Extra pip arguments for torch (e.g. an index URL that serves CPU builds on another machine).
 TORCH_PIP_ARGS ?=
 TORCH_VERSION := 2.13.0
+TORCHVISION_VERSION := 0.28.0
+SPANDREL_VERSION := 0.4.2
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
 .PHONY: install test lint format bench clean
@@ -15,15 +17,19 @@ install: $(STAMP)
 
 # Torch first and pinned: a loose torch requirement pulled in later would fetch a multi-GB CUDA
 # build on a CPU-only machine. With a CUDA GPU (nvidia-smi answers) the normal CUDA build is taken,
-# ignoring any machine-wide pip configuration that points at a local CPU wheel.
+# ignoring any machine-wide pip configuration that points at a local CPU wheel, with the matching
+# torchvision. Without one, spandrel goes in without its torchvision requirement: PyPI only has
+# CUDA torchvision builds, which would replace the CPU torch (assetbox.models.architectures).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "CUDA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
-		PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
+		PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PIP) install -q "torch==$(TORCH_VERSION)" \
+			"torchvision==$(TORCHVISION_VERSION)" "spandrel==$(SPANDREL_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
 	else \
 		echo "No CUDA GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
 		$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || exit 1; \
+		$(PIP) install -q --no-deps "spandrel==$(SPANDREL_VERSION)" || exit 1; \
 		$(BIN)/python -W ignore -c "import torch; torch.version.cuda is None or print('WARNING: torch', \
 			torch.__version__, 'is a CUDA build; set TORCH_PIP_ARGS to an index with CPU builds')"; \
 	fi 2>&1 | grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}

@@ -12,3 +12,23 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path):
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def builtin_store(tmp_path_factory: pytest.TempPathFactory):
+    """A model store with the five built-in upscalers converted (once per test session)."""
+    from assetbox.models.builtin import ensure_builtin_upscalers
+    from assetbox.models.store import ModelStore
+
+    data_dir = tmp_path_factory.mktemp("builtin-data")
+    store = ModelStore(data_dir / "models")
+    ensure_builtin_upscalers(store)
+    return store
+
+
+@pytest.fixture
+def builtin_data_dir(builtin_store, monkeypatch: pytest.MonkeyPatch):
+    """Point ASSETBOX_DATA_DIR at the data directory that holds the built-in models."""
+    monkeypatch.setenv("ASSETBOX_DATA_DIR", str(builtin_store.root.parent))
+    get_settings.cache_clear()
+    return builtin_store.root.parent
