@@ -11,8 +11,8 @@ process (so peak RSS is its own), all in the same run:
 
 Each case's time is the best of --repeats interleaved rounds (after a warm-up), its peak RSS
 the largest seen. Prints one JSON line per case (output megapixels per second, peak RSS, max
-error against a in 0..255 units), then {"speed_vs_untiled": d/a, "speed_vs_naive": d/b, "speed_vs_ncnn_naive": d/c,
-"rss_vs_untiled": d/a, "err_ours": ..., "err_naive": ...}.
+error against a in 0..255 units), then {"speed_vs_untiled": d/a, "speed_vs_naive": d/b,
+"speed_vs_ncnn_naive": d/c, "rss_vs_untiled": d/a, "err_ours": ..., "err_naive": ...}.
 
     python bench/upscale_gan.py [--size 1024] [--model realesr-animevideov3-x4]
 """

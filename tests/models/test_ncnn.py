@@ -50,7 +50,7 @@ def test_tiny_compact_runs_like_ncnn(tmp_path: Path, fp16: bool) -> None:
 
 
 def test_param_with_wrong_magic_is_refused() -> None:
-    with pytest.raises(UnsupportedFormat, match="not an ncnn .param"):
+    with pytest.raises(UnsupportedFormat, match=r"not an ncnn \.param"):
         parse_param("1234\n1 1\nInput data 0 1 data\n")
 
 

@@ -11,9 +11,7 @@ FP16_TAG = 0x01306B47
 
 
 def _conv_line(name: str, bottom: str, top: str, out_ch: int, in_ch: int) -> str:
-    return (
-        f"Convolution {name} 1 1 {bottom} {top} 0={out_ch} 1=3 4=1 5=1 6={out_ch * in_ch * 9}"
-    )
+    return f"Convolution {name} 1 1 {bottom} {top} 0={out_ch} 1=3 4=1 5=1 6={out_ch * in_ch * 9}"
 
 
 def write_tiny_compact(

@@ -207,14 +207,18 @@ class TileSettings:
                 field="tile",
             )
         if self.overlap < 0:
-            raise InvalidInput(f"`overlap` must be 0 or more but is {self.overlap}", "overlap")
+            raise InvalidInput(
+                f"`overlap` must be 0 or more but is {self.overlap}", field="overlap"
+            )
         if self.tile and self.overlap >= self.tile:
             raise InvalidInput(
                 f"`overlap` must be smaller than the tile ({self.tile}) but is {self.overlap}",
                 field="overlap",
             )
         if self.context < 0:
-            raise InvalidInput(f"`context` must be 0 or more but is {self.context}", "context")
+            raise InvalidInput(
+                f"`context` must be 0 or more but is {self.context}", field="context"
+            )
         if self.batch < 1:
             raise InvalidInput(f"`batch` must be at least 1 but is {self.batch}", field="batch")
 
@@ -403,9 +407,11 @@ def upscale_image(
             field="scale",
         )
     if alpha is not None and alpha.shape != rgb.shape[:2]:
-        raise InvalidInput(f"alpha {alpha.shape} does not match colour {rgb.shape}", "alpha")
+        raise InvalidInput(f"alpha {alpha.shape} does not match colour {rgb.shape}", field="alpha")
     if alpha_mode not in ("model", "lanczos"):
-        raise InvalidInput(f"`alpha_mode` must be model or lanczos but is {alpha_mode!r}", "alpha")
+        raise InvalidInput(
+            f"`alpha_mode` must be model or lanczos but is {alpha_mode!r}", field="alpha"
+        )
     height, width = rgb.shape[:2]
     windows = len(plan_windows(width, height, settings)[0])
     model_alpha = alpha is not None and alpha_mode == "model"
@@ -466,7 +472,9 @@ def choose_engine(engine: EngineChoice, engines: list[str]) -> Literal["torch", 
     if engine == "auto":
         return "torch" if "ncnn" not in engines or cuda_available() else "ncnn"
     if engine not in ("torch", "ncnn"):
-        raise InvalidInput(f"`engine` must be auto, torch or ncnn but is {engine!r}", "engine")
+        raise InvalidInput(
+            f"`engine` must be auto, torch or ncnn but is {engine!r}", field="engine"
+        )
     if engine not in engines:
         raise InvalidInput(
             f"this model runs on {', '.join(engines)} only, not on {engine}", field="engine"
