@@ -86,7 +86,7 @@ def upscale(
             help="Core tile in input px; 0 = one untiled pass. [default: 224 CPU, 512 GPU]"
         ),
     ] = None,
-    overlap: Annotated[int, typer.Option(help="Feathered seam between tiles, input px.")] = 4,
+    overlap: Annotated[int, typer.Option(help="Feathered seam between tiles, input px.")] = 2,
     batch: Annotated[int, typer.Option(help="Tiles per forward pass (torch).")] = 4,
     engine: Annotated[str, typer.Option(help="auto, torch or ncnn.")] = "auto",
     alpha: Annotated[str, typer.Option(help="Alpha upscaling: model or lanczos.")] = "model",

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from assetbox.config import Settings, get_settings
+from assetbox.errors import InvalidInput
 from assetbox.imaging import DecodedImage, ImageFormat, decode_image, encode_image
 from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
 from assetbox.models.store import ModelStore
@@ -119,8 +120,6 @@ def format_for_path(path: Path) -> ImageFormat:
     Raises:
         InvalidInput: an extension other than .png, .jpg/.jpeg or .webp.
     """
-    from assetbox.errors import InvalidInput
-
     suffix = path.suffix.lower()
     formats: dict[str, ImageFormat] = {
         ".png": "png",

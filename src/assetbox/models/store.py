@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -180,7 +179,3 @@ class ModelStore:
 
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")

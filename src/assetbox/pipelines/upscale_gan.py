@@ -42,7 +42,7 @@ DEFAULT_TILE = 256
 # windows, so a 224 px core keeps memory low at no cost in speed (bench/upscale_gan.py).
 CPU_TILE = 224
 GPU_TILE = 512
-DEFAULT_OVERLAP = 4
+DEFAULT_OVERLAP = 2
 DEFAULT_BATCH = 4
 MIN_TILE = 16  # below this, an out-of-memory error is final
 
