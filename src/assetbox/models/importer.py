@@ -35,10 +35,11 @@ Progress = Callable[[str], None]
 # others get the conservative default. Measured on skimage's astronaut at 200x200 with 64 px
 # tiles against one untiled pass: Compact (realesr-animevideov3) differs by at most 2/255 with 4
 # px and 1/255 with 8 px; RRDBNet (x4plus) by 0.17/255 on average (p99.9 4/255) with 24 px and
-# 0.06/255 (p99.9 2/255) with 32 px. Compact takes 6 px: within 2/255, and every pixel of
-# context costs speed (bench/upscale_gan.py). The x2/x3 Compact files add a bicubic resize (2 px).
+# 0.06/255 (p99.9 2/255) with 32 px. On bench/upscale_gan.py's photo mosaic (sharp edges where
+# the photos meet) Compact needs 8 px for 2/255; 6 px gives 6/255. The x2/x3 files add a bicubic
+# resize (2 px).
 _DEFAULT_CONTEXT = 32
-_CONTEXT = {"Compact": 6, "ESRGAN": 32}
+_CONTEXT = {"Compact": 8, "ESRGAN": 32}
 
 
 def _context(architecture: str, post_resize: float | None) -> int:
