@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,22 @@ class Settings(BaseSettings):
         default=512 * 1024 * 1024,
         gt=0,
         description="Largest encoded image accepted, in bytes.",
+    )
+
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="Where units run: threads here, or Ray actors."
+    )
+    workers: int = Field(default=1, ge=1, description="Local workers (one per device).")
+    max_queued_jobs: int = Field(
+        default=1000, ge=1, description="Past this many queued jobs, submit refuses (429)."
+    )
+    unit_max_attempts: int = Field(
+        default=3, ge=1, description="Attempts of a unit that fails with a transient error."
+    )
+    reuse_results: bool = Field(
+        default=False,
+        description="An identical request returns the earlier job's outputs instead of "
+        "computing them again.",
     )
 
 

@@ -1,0 +1,323 @@
+"""The job engine: durable jobs split into units, run by an executor's workers.
+
+One scheduler thread takes the oldest queued job, plans its units once (recorded in SQLite), sends
+every unit that is not done yet to the executor, writes each result atomically as it arrives and,
+when all are in, assembles the outputs. After a crash, `Engine()` on the same data directory puts
+interrupted jobs back in the queue, and only their missing units run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from assetbox.config import Settings, get_settings
+from assetbox.engine.executors import Executor, LocalExecutor, UnitTask
+from assetbox.engine.jobs import Job, JobError, JobEvent, JobOutput, JobProgress, JobStatus
+from assetbox.engine.planners import planner_for, request_hash
+from assetbox.engine.store import JobStore
+from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory, QueueFull
+
+# Errors after which the same unit may well succeed: out of memory (another time, another
+# worker) and a worker that died under it. Everything else is the input's fault.
+TRANSIENT = (OutOfMemory, ConnectionError, TimeoutError)
+
+
+class WorkerDied(AssetboxError):
+    """The worker running a unit went away (process killed, actor died)."""
+
+    code = "worker_died"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_executor(settings: Settings) -> Executor:
+    """The executor the settings ask for.
+
+    Raises:
+        InvalidInput: the ray executor without Ray installed.
+    """
+    if settings.executor == "ray":
+        from assetbox.engine.ray_executor import RayExecutor
+
+        return RayExecutor(workers=settings.workers)
+    return LocalExecutor(workers=settings.workers)
+
+
+class Engine:
+    """Submit, inspect, cancel and wait for jobs. Start it once per process and data directory."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        executor: Executor | None = None,
+        start: bool = True,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.data_dir = Path(self.settings.data_dir)
+        self.files = self.data_dir / "jobs"
+        self.store = JobStore(self.data_dir / "jobs.sqlite3")
+        self.executor = executor or make_executor(self.settings)
+        self._cancel: dict[str, threading.Event] = {}
+        self._wake = threading.Condition()
+        self._closing = threading.Event()
+        self._durations: list[float] = []
+        self.recovered = self.store.requeue_interrupted()
+        self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
+        if start:
+            self._thread.start()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        request: dict[str, Any] | BaseModel,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Validate and queue a job.
+
+        Raises:
+            InvalidInput: unknown kind or an invalid request (the field is named).
+            Conflict: the idempotency key was used for another request.
+            QueueFull: too many queued jobs; `retry_after_s` says when to try again.
+        """
+        planner = planner_for(kind)
+        try:
+            validated = planner.request_model.model_validate(
+                request.model_dump() if isinstance(request, BaseModel) else request
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "request"
+            raise InvalidInput(f"`{field}`: {first['msg']}", field=field) from exc
+        digest = request_hash(kind, validated)
+        if idempotency_key is None:
+            queued = self.store.count(JobStatus.QUEUED)
+            if queued >= self.settings.max_queued_jobs:
+                raise QueueFull(
+                    f"{queued} jobs are queued (ASSETBOX_MAX_QUEUED_JOBS="
+                    f"{self.settings.max_queued_jobs})",
+                    retry_after_s=self._retry_after(queued),
+                )
+        job, new = self.store.create_job(
+            kind, validated.model_dump(mode="json"), digest, idempotency_key
+        )
+        if new and self.settings.reuse_results:
+            earlier = self.store.find_reusable(kind, digest)
+            if earlier is not None and earlier.id != job.id:
+                job = self.store.finish(
+                    job.id, JobStatus.SUCCEEDED, outputs=earlier.outputs, reused_from=earlier.id
+                )
+        with self._wake:
+            self._wake.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """Raises NotFound."""
+        return self.store.get(job_id)
+
+    def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs, newest first."""
+        return self.store.list(status=status, kind=kind, limit=limit, offset=offset)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once, a running one between steps. Raises NotFound."""
+        job = self.store.get(job_id)
+        if job.status.is_terminal():
+            return job
+        self._cancel.setdefault(job_id, threading.Event()).set()
+        if job.status == JobStatus.QUEUED:
+            return self.store.finish(job_id, JobStatus.CANCELLED)
+        return self.wait(job_id, timeout=30)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it is terminal, or as it is when `timeout` seconds have passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.store.get(job_id)
+            if job.status.is_terminal():
+                return job
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return job
+            with self._wake:
+                self._wake.wait(timeout=0.05 if left is None else min(0.05, left))
+
+    async def events(self, job_id: str, since: int = 0) -> AsyncIterator[JobEvent]:
+        """Events after `since`, as they come, ending after the job's terminal status event."""
+        self.store.get(job_id)
+        while True:
+            for event in self.store.events(job_id, since):
+                since = event.seq
+                yield event
+                if event.type == "status" and JobStatus(event.data["status"]).is_terminal():
+                    return
+            await asyncio.sleep(0.05)
+
+    def output_path(self, job: Job, index: int) -> Path:
+        return self.files / job.id / "outputs" / Path(job.outputs[index].path).name
+
+    def close(self) -> None:
+        """Stop taking jobs; the running one finishes its current units."""
+        self._closing.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+        self.executor.close()
+        self.store.close()
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def _retry_after(self, queued: int) -> float:
+        recent = self._durations[-20:]
+        per_job = sum(recent) / len(recent) if recent else 5.0
+        return round(max(1.0, per_job * queued / max(self.executor.workers, 1)), 1)
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            job = self.store.next_queued()
+            if job is None:
+                with self._wake:
+                    self._wake.wait(timeout=0.2)
+                continue
+            started = time.monotonic()
+            try:
+                self._run(job)
+            except Exception as exc:  # the scheduler must outlive any one job
+                self.store.finish(
+                    job.id,
+                    JobStatus.FAILED,
+                    error=JobError(code="internal", message=f"{type(exc).__name__}: {exc}"),
+                )
+            self._durations.append(time.monotonic() - started)
+            with self._wake:
+                self._wake.notify_all()
+
+    def _run(self, job: Job) -> None:
+        planner = planner_for(job.kind)
+        request = planner.request_model.model_validate(job.request)
+        stop = self._cancel.setdefault(job.id, threading.Event())
+        units = self.store.units(job.id)
+        if not units:
+            try:
+                units = self.store.add_units(job.id, planner.plan(request))
+            except AssetboxError as exc:
+                self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
+                return
+        job_dir = self.files / job.id / "units"
+        done = {u.index for u in units if u.status == "done" and u.result_path}
+        done = {i for i in done if (job_dir / f"{i}.bin").is_file()}
+        progress = JobProgress(done=len(done), total=len(units), resumed=len(done))
+        self.store.set_progress(job.id, progress)
+        running: dict[Future[bytes], int] = {}
+        todo = [u.index for u in units if u.index not in done]
+        payloads = {u.index: u.payload for u in units}
+
+        def launch(index: int) -> None:
+            attempt = self.store.start_unit(job.id, index)
+
+            def report_step(step: int, steps: int) -> None:
+                progress.step, progress.steps = step, steps
+                self.store.set_progress(job.id, progress, event=False)
+
+            task = UnitTask(job.kind, job.request, payloads[index], attempt)
+            running[self.executor.submit(task, stop.is_set, report_step)] = index
+
+        # Keep every worker busy, and no more: units not yet sent can still be cancelled.
+        while todo or running:
+            while todo and len(running) < self.executor.workers and not stop.is_set():
+                launch(todo.pop(0))
+            if stop.is_set() and not running:
+                self.store.finish(job.id, JobStatus.CANCELLED)
+                return
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = running.pop(future)
+                try:
+                    result = future.result()
+                except Cancelled:
+                    continue
+                except Exception as exc:
+                    error = _error(exc)
+                    attempts = self.store.units(job.id)[index].attempts
+                    transient = isinstance(exc, (*TRANSIENT, WorkerDied))
+                    retry = transient and attempts < self.settings.unit_max_attempts
+                    self.store.fail_unit(job.id, index, error, retry=retry)
+                    if retry:
+                        todo.insert(0, index)
+                        continue
+                    stop.set()  # no further units; wait for the running ones, then fail
+                    for other in list(running):
+                        other.exception()
+                    self.store.finish(job.id, JobStatus.FAILED, error=error)
+                    return
+                path = job_dir / f"{index}.bin"
+                write_atomically(path, result)
+                self.store.finish_unit(job.id, index, str(path.relative_to(self.data_dir)))
+                progress.done += 1
+                self.store.set_progress(job.id, progress)
+        if stop.is_set():
+            self.store.finish(job.id, JobStatus.CANCELLED)
+            return
+        results = [(job_dir / f"{i}.bin").read_bytes() for i in range(len(units))]
+        try:
+            assembled = planner.assemble(request, results)
+        except AssetboxError as exc:
+            self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
+            return
+        outputs = []
+        for n, item in enumerate(assembled):
+            path = self.files / job.id / "outputs" / f"{n}.{item.extension}"
+            write_atomically(path, item.data)
+            outputs.append(
+                JobOutput(
+                    index=n,
+                    path=str(path.relative_to(self.data_dir)),
+                    media_type=item.media_type,
+                    width=item.width,
+                    height=item.height,
+                    timings_ms=item.timings_ms or {},
+                )
+            )
+        self.store.finish(job.id, JobStatus.SUCCEEDED, outputs=outputs)
+        shutil.rmtree(job_dir, ignore_errors=True)  # unit results are only needed until here
+
+
+def _error(exc: BaseException) -> JobError:
+    if isinstance(exc, AssetboxError):
+        return JobError(code=exc.code, message=exc.message)
+    return JobError(code="internal", message=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,90 @@
+"""The job model: statuses, errors, progress, events (plain data, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobStatus(StrEnum):
+    """``queued → running → succeeded | failed | cancelled``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class UnitStatus(StrEnum):
+    """A unit is ``pending`` until a worker takes it, then ``running``, then ``done``/``failed``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobProgress(BaseModel):
+    done: int = 0  # units finished
+    total: int = 0  # units planned (0 until planned)
+    step: int = 0  # the current unit's step
+    steps: int = 0
+    resumed: int = 0  # units kept from before a restart
+
+
+class JobOutput(BaseModel):
+    index: int
+    path: str
+    media_type: str
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    status: JobStatus
+    request: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress = Field(default_factory=JobProgress)
+    outputs: list[JobOutput] = Field(default_factory=list)
+    error: JobError | None = None
+    idempotency_key: str | None = None
+    reused_from: str | None = None
+
+
+class Unit(BaseModel):
+    job_id: str
+    index: int
+    status: UnitStatus
+    payload: dict[str, Any]
+    attempts: int = 0
+    error: JobError | None = None
+    result_path: str | None = None
+
+
+class JobEvent(BaseModel):
+    """One event of a job; `seq` counts from 1 per job, so a stream resumes with ``since=seq``."""
+
+    job_id: str
+    seq: int
+    type: str  # "status", "progress", "unit", "output"
+    data: dict[str, Any]
+    at: datetime
