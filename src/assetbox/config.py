@@ -36,7 +36,13 @@ class Settings(BaseSettings):
     executor: Literal["local", "ray"] = Field(
         default="local", description="Where units run: threads here, or Ray actors."
     )
-    workers: int = Field(default=1, ge=1, description="Local workers (one per device).")
+    workers: int = Field(default=1, ge=1, description="Workers (one per device or Ray actor).")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join; none starts a local Ray instance."
+    )
+    ray_cpus_per_worker: float = Field(
+        default=1, gt=0, description="CPUs each Ray worker reserves on a cluster without GPUs."
+    )
     max_queued_jobs: int = Field(
         default=1000, ge=1, description="Past this many queued jobs, submit refuses (429)."
     )

@@ -63,7 +63,11 @@ def make_executor(settings: Settings) -> Executor:
     if settings.executor == "ray":
         from assetbox.engine.ray_executor import RayExecutor
 
-        return RayExecutor(workers=settings.workers)
+        return RayExecutor(
+            workers=settings.workers,
+            address=settings.ray_address,
+            cpus_per_worker=settings.ray_cpus_per_worker,
+        )
     return LocalExecutor(workers=settings.workers)
 
 

@@ -1,0 +1,130 @@
+"""RayExecutor: one Ray actor per GPU (or per CPU slot on CPU-only clusters), same worker code.
+
+Units go to a free actor, preferring one that ran a unit of the same model last (its cache holds
+the model). An actor that dies is replaced, and its unit comes back to the engine as
+`WorkerDied`, which the engine retries. Ray is an optional extra, imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from assetbox.engine.engine import WorkerDied
+from assetbox.engine.executors import UnitTask, run_task
+from assetbox.errors import InvalidInput
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise InvalidInput(
+            "ASSETBOX_EXECUTOR=ray needs Ray: pip install 'assetbox[ray]'", field="executor"
+        ) from exc
+    return ray
+
+
+class _Worker:
+    """The actor's body: runs units with a cache that lives as long as the actor."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, Any] = {}
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def run(self, task: UnitTask) -> bytes:
+        return run_task(task, self.cache, lambda: False, lambda step, steps: None)
+
+
+def model_key(task: UnitTask) -> str | None:
+    """The model a unit needs (its request's ``model``), for routing to a warm worker."""
+    model = task.request.get("model")
+    return str(model) if model is not None else None
+
+
+class RayExecutor:
+    """`workers` actors on a Ray cluster (`address`, or a local instance started here)."""
+
+    def __init__(
+        self,
+        workers: int = 1,
+        *,
+        address: str | None = None,
+        cpus_per_worker: float = 1,
+    ) -> None:
+        ray = _ray()
+        self._ray = ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                cpus = max(workers * cpus_per_worker, os.cpu_count() or 1)
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        options = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": cpus_per_worker}
+        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0, **options)(_Worker)
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._actors = [self._actor_class.remote() for _ in range(workers)]
+        self._busy = [False] * workers
+        self._warm: list[str | None] = [None] * workers
+        ray.get([actor.ping.remote() for actor in self._actors])  # all started before work
+
+    def _pick(self, key: str | None) -> int:
+        free = [i for i, busy in enumerate(self._busy) if not busy]
+        if not free:
+            raise RuntimeError("no free Ray worker: the engine sends at most `workers` units")
+        warm = [i for i in free if key is not None and self._warm[i] == key]
+        return (warm or free)[0]
+
+    def submit(
+        self,
+        task: UnitTask,
+        should_stop: Callable[[], bool],
+        report_step: Callable[[int, int], None],
+    ) -> Future[bytes]:
+        # Step progress and cancellation inside a unit stay on this side: a Ray unit runs to
+        # its end, and the engine starts no further units of a cancelled job.
+        key = model_key(task)
+        with self._lock:
+            slot = self._pick(key)
+            self._busy[slot] = True
+            self._warm[slot] = key
+            actor = self._actors[slot]
+        result: Future[bytes] = Future()
+        ref_future = actor.run.remote(task).future()
+
+        def done(ref_done: Future) -> None:
+            error: BaseException | None = None
+            value = b""
+            try:
+                value = ref_done.result()
+            except self._ray.exceptions.RayActorError as exc:
+                with self._lock:  # replace the dead actor before the unit is retried
+                    self._actors[slot] = self._actor_class.remote()
+                    self._warm[slot] = None
+                error = WorkerDied(f"Ray worker {slot} died: {exc}")
+            except self._ray.exceptions.RayTaskError as exc:
+                error = exc.as_instanceof_cause()
+            except BaseException as exc:
+                error = exc
+            # Free the slot before the engine hears of it: it may send the next unit at once.
+            with self._lock:
+                self._busy[slot] = False
+            if error is None:
+                result.set_result(value)
+            else:
+                result.set_exception(error)
+
+        ref_future.add_done_callback(done)
+        return result
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._actors = []

@@ -1,0 +1,65 @@
+"""The Ray executor on a local Ray instance (started once per test session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from assetbox.config import Settings
+from assetbox.engine.engine import Engine
+from assetbox.engine.jobs import JobStatus, UnitStatus
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_engine(ray_instance, tmp_path: Path):
+    engine = Engine(Settings(data_dir=tmp_path / "data", executor="ray", workers=2))
+    yield engine
+    engine.close()
+
+
+def test_ray_runs_a_job(ray_engine: Engine) -> None:
+    job = ray_engine.wait(ray_engine.submit("simulate", {"units": 6}).id, timeout=60)
+    assert job.status == JobStatus.SUCCEEDED
+    assert len(ray_engine.output_path(job, 0).read_bytes()) == 6 * 32
+
+
+def test_a_worker_that_dies_is_replaced_and_its_unit_runs_once(
+    ray_engine: Engine, tmp_path: Path
+) -> None:
+    markers = tmp_path / "markers"
+    job = ray_engine.submit(
+        "simulate", {"units": 6, "crash_units": [2], "marker_dir": str(markers)}
+    )
+    done = ray_engine.wait(job.id, timeout=120)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert (markers / "crashed-2").exists()  # the worker really died on its first attempt
+    units = ray_engine.store.units(job.id)
+    assert all(u.status == UnitStatus.DONE for u in units)
+    assert [u.attempts for u in units] == [1, 1, 2, 1, 1, 1]
+    assert units[2].error is None
+    # Every unit's result is in the output exactly once, in order.
+    import hashlib
+
+    expected = b"".join(hashlib.sha256(f"unit {i}".encode()).digest() for i in range(6))
+    assert ray_engine.output_path(done, 0).read_bytes() == expected
+
+
+def test_errors_inside_ray_units_keep_their_kind(ray_engine: Engine) -> None:
+    flaky = ray_engine.wait(
+        ray_engine.submit("simulate", {"units": 3, "flaky_units": [1]}).id, timeout=60
+    )
+    assert flaky.status == JobStatus.SUCCEEDED  # OutOfMemory crossed Ray and was retried
+    failed = ray_engine.wait(
+        ray_engine.submit("simulate", {"units": 3, "fail_units": [0]}).id, timeout=60
+    )
+    assert failed.status == JobStatus.FAILED and failed.error.code == "invalid_input"
