@@ -222,3 +222,54 @@ def test_models_import_refuses_unknown_files_and_changes_nothing(tmp_path: Path)
     assert result.exit_code == 2
     assert "must be an ncnn .param, a .safetensors or a .pth" in result.output
     assert model_store().list() == []
+
+
+def test_an_interrupted_upscale_resumes_where_it_stopped(builtin_data_dir, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from assetbox.engine.jobs import UnitStatus
+    from assetbox.engine.store import JobStore
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_data_dir / "models", data_dir / "models")
+    source = tmp_path / "in.png"
+    Image.fromarray(photo("coffee")[:160, :200]).save(source)
+    command = [
+        sys.executable, "-m", "assetbox.cli", "upscale", str(source),
+        "-o", str(tmp_path / "out.png"),
+        "--model", "realesr-animevideov3-x2", "--tile", "16", "--batch", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "ASSETBOX_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None
+        if (data_dir / "jobs.sqlite3").exists():
+            store = JobStore(data_dir / "jobs.sqlite3")
+            jobs = store.list()
+            if jobs and sum(u.status == UnitStatus.DONE for u in store.units(jobs[0].id)) >= 3:
+                break
+            store.close()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out.png").exists()
+    job_id = jobs[0].id
+    finished_before = {u.index for u in store.units(job_id) if u.status == UnitStatus.DONE}
+
+    subprocess.run(command, env=env, check=True, timeout=300)
+    job = store.get(job_id)
+    assert job.status == "succeeded" and job.progress.resumed == len(finished_before)
+    assert all(store.units(job_id)[i].attempts == 1 for i in finished_before)
+    resumed = read(tmp_path / "out.png")
+
+    fresh_env = {**env, "ASSETBOX_DATA_DIR": str(tmp_path / "fresh")}
+    shutil.copytree(builtin_data_dir / "models", tmp_path / "fresh" / "models")
+    command[command.index(str(tmp_path / "out.png"))] = str(tmp_path / "fresh.png")
+    subprocess.run(command, env=fresh_env, check=True, timeout=300)
+    np.testing.assert_array_equal(resumed, read(tmp_path / "fresh.png"))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -56,18 +56,9 @@ def _fail(exc: AssetboxError) -> typer.Exit:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    # A crash or a full disk never leaves a half-written output behind.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from assetbox.atomic_files import write_atomically
+
+    write_atomically(path, data)  # a crash or a full disk never leaves half an output behind
 
 
 @app.command("upscale")
@@ -103,63 +94,95 @@ def upscale(
         TimeRemainingColumn,
     )
 
-    from assetbox.engine.upscale import UpscaleRequest, format_for_path, run_upscale
+    from assetbox.config import get_settings
+    from assetbox.engine.engine import Engine
+    from assetbox.engine.jobs import JobStatus
+    from assetbox.engine.upscale import UpscaleRequest, format_for_path, model_store
+    from assetbox.imaging import probe_image
 
     try:
         fmt = format_for_path(output)
         if scale is not None and scale not in (2, 3, 4):
             raise InvalidInput(f"`scale` must be 2, 3 or 4 but is {scale}", field="scale")
         try:
-            request = UpscaleRequest(
-                model=model,
-                scale=scale,
-                tile=tile,
-                overlap=overlap,
-                batch=batch,
-                engine=engine,  # type: ignore[arg-type]
-                alpha=alpha,  # type: ignore[arg-type]
-                format=fmt,
-                quality=quality,
-            )
+            data = input.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {input}: {exc.strerror}", field="input") from exc
+        probe_image(data, field="image")  # a bad file fails here, before any job exists
+        options = {
+            "model": model,
+            "scale": scale,
+            "tile": tile,
+            "overlap": overlap,
+            "batch": batch,
+            "engine": engine,
+            "alpha": alpha,
+            "format": fmt,
+            "quality": quality,
+        }
+        try:
+            UpscaleRequest(image="sha256:" + "0" * 64, **options)  # type: ignore[arg-type]
         except ValidationError as exc:
             first = exc.errors()[0]
             raise InvalidInput(
                 f"`{first['loc'][0]}`: {first['msg']}", field=str(first["loc"][0])
             ) from exc
+
+        from assetbox.models.builtin import ensure_upscaler
+
+        settings = get_settings().model_copy(update={"executor": "local", "workers": 1})
+        # A built-in model's first use converts it (once), with a message, before the job.
+        ensure_upscaler(
+            model_store(settings), model, progress=lambda text: err.print(text, highlight=False)
+        )
+        job_engine = Engine(settings)
         try:
-            data = input.read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {input}: {exc.strerror}", field="input") from exc
-
-        show = err.is_terminal
-        with Progress(
-            TextColumn("[bold]upscaling"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("tiles"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=not show,
-            transient=False,
-        ) as bar:
-            task = bar.add_task("upscale", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            def message(text: str) -> None:
-                err.print(text, highlight=False)
-
-            result = run_upscale(data, request, progress=progress, message=message)
-        _write_atomically(output, result.data)
+            blob = job_engine.put_blob(data)
+            request = {"image": blob, **options}
+            # The same command again picks up the same job: after a crash it resumes, and
+            # units already done are not computed again.
+            key = (
+                "cli-upscale:"
+                + hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+            )
+            job = job_engine.submit("upscale", request, idempotency_key=key)
+            if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                job = job_engine.submit("upscale", request)  # try again, not the old outcome
+            show = err.is_terminal
+            with Progress(
+                TextColumn("[bold]upscaling"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("units"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                disable=not show,
+            ) as bar:
+                task = bar.add_task("upscale", total=None)
+                while not job.status.is_terminal():
+                    job = job_engine.wait(job.id, timeout=0.25)
+                    if job.progress.total:
+                        bar.update(task, completed=job.progress.done, total=job.progress.total)
+            if job.status != JobStatus.SUCCEEDED:
+                assert job.error is not None
+                error = InvalidInput if job.error.code in _INPUT_CODES else AssetboxError
+                raise error(job.error.message)
+            result = job_engine.output_path(job, 0).read_bytes()
+            first_output = job.outputs[0]
+        finally:
+            job_engine.close()
+        _write_atomically(output, result)
     except AssetboxError as exc:
         raise _fail(exc) from exc
     if show:
         err.print(
-            f"wrote {output} ({result.width}x{result.height}, {result.model} on {result.engine})",
+            f"wrote {output} ({first_output.width}x{first_output.height}, job {job.id})",
             highlight=False,
         )
+
+
+_INPUT_CODES = {"invalid_input", "image_too_large", "unsupported_format", "not_found"}
 
 
 @models_app.command("list")
@@ -252,3 +275,7 @@ def tiles(
     console.print(table)
     if plan.padded:
         console.print("The image is smaller than a tile along an axis: its tile is padded.")
+
+
+if __name__ == "__main__":
+    app()

@@ -9,9 +9,7 @@ interrupted jobs back in the queue, and only their missing units run again.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from assetbox.atomic_files import write_atomically
 from assetbox.config import Settings, get_settings
+from assetbox.engine.blobs import put_blob
 from assetbox.engine.executors import Executor, LocalExecutor, UnitTask
 from assetbox.engine.jobs import Job, JobError, JobEvent, JobOutput, JobProgress, JobStatus
 from assetbox.engine.planners import planner_for, request_hash
@@ -37,21 +37,6 @@ class WorkerDied(AssetboxError):
     """The worker running a unit went away (process killed, actor died)."""
 
     code = "worker_died"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_executor(settings: Settings) -> Executor:
@@ -191,6 +176,10 @@ class Engine:
                     return
             await asyncio.sleep(0.05)
 
+    def put_blob(self, data: bytes) -> str:
+        """Store input bytes once (by content); returns the reference ``sha256:<hex>``."""
+        return put_blob(self.data_dir, data)
+
     def output_path(self, job: Job, index: int) -> Path:
         return self.files / job.id / "outputs" / Path(job.outputs[index].path).name
 
@@ -238,7 +227,7 @@ class Engine:
         units = self.store.units(job.id)
         if not units:
             try:
-                units = self.store.add_units(job.id, planner.plan(request))
+                units = self.store.add_units(job.id, planner.plan(request, self.data_dir))
             except AssetboxError as exc:
                 self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
                 return
@@ -258,7 +247,7 @@ class Engine:
                 progress.step, progress.steps = step, steps
                 self.store.set_progress(job.id, progress, event=False)
 
-            task = UnitTask(job.kind, job.request, payloads[index], attempt)
+            task = UnitTask(job.kind, job.request, payloads[index], attempt, str(self.data_dir))
             running[self.executor.submit(task, stop.is_set, report_step)] = index
 
         # Keep every worker busy, and no more: units not yet sent can still be cancelled.
@@ -299,7 +288,7 @@ class Engine:
             return
         results = [(job_dir / f"{i}.bin").read_bytes() for i in range(len(units))]
         try:
-            assembled = planner.assemble(request, results)
+            assembled = planner.assemble(request, results, self.data_dir)
         except AssetboxError as exc:
             self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
             return

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from assetbox.engine.planners import UnitContext, planner_for
@@ -23,6 +24,7 @@ class UnitTask:
     request: dict[str, Any]
     payload: dict[str, Any]
     attempt: int
+    data_dir: str = "."
 
 
 def run_task(
@@ -35,7 +37,11 @@ def run_task(
     planner = planner_for(task.kind)
     request = planner.request_model.model_validate(task.request)
     ctx = UnitContext(
-        report_step=report_step, should_stop=should_stop, cache=cache, attempt=task.attempt
+        report_step=report_step,
+        should_stop=should_stop,
+        cache=cache,
+        attempt=task.attempt,
+        data_dir=Path(task.data_dir),
     )
     return planner.run_unit(request, task.payload, ctx)
 

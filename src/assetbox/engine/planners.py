@@ -28,6 +28,7 @@ class UnitContext:
     should_stop: Callable[[], bool]
     cache: dict[str, Any]
     attempt: int = 1
+    data_dir: Path = Path(".")  # where the job's input blobs live
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Planner(Protocol):
     kind: str
     request_model: type[BaseModel]
 
-    def plan(self, request: BaseModel) -> list[dict[str, Any]]:
+    def plan(self, request: BaseModel, data_dir: Path) -> list[dict[str, Any]]:
         """Unit payloads for a validated request."""
         ...
 
@@ -52,7 +53,9 @@ class Planner(Protocol):
         """Compute one unit. Raises Cancelled when `ctx.should_stop()` turns true."""
         ...
 
-    def assemble(self, request: BaseModel, results: list[bytes]) -> list[AssembledOutput]:
+    def assemble(
+        self, request: BaseModel, results: list[bytes], data_dir: Path
+    ) -> list[AssembledOutput]:
         """Outputs from every unit's result, in unit order."""
         ...
 
@@ -94,7 +97,7 @@ class SimulatePlanner:
     kind = "simulate"
     request_model = SimulateRequest
 
-    def plan(self, request: BaseModel) -> list[dict[str, Any]]:
+    def plan(self, request: BaseModel, data_dir: Path) -> list[dict[str, Any]]:
         assert isinstance(request, SimulateRequest)
         return [{"index": i} for i in range(request.units)]
 
@@ -123,7 +126,9 @@ class SimulatePlanner:
             ctx.report_step(step + 1, request.steps)
         return hashlib.sha256(f"unit {index}".encode()).digest()
 
-    def assemble(self, request: BaseModel, results: list[bytes]) -> list[AssembledOutput]:
+    def assemble(
+        self, request: BaseModel, results: list[bytes], data_dir: Path
+    ) -> list[AssembledOutput]:
         return [AssembledOutput(b"".join(results), "application/octet-stream", "bin")]
 
 
@@ -132,6 +137,10 @@ PLANNERS: dict[str, Planner] = {SimulatePlanner.kind: SimulatePlanner()}
 
 def planner_for(kind: str) -> Planner:
     """Raises InvalidInput for an unknown kind."""
+    if not any(k != "simulate" for k in PLANNERS):
+        from assetbox.engine.upscale import UpscalePlanner  # registers the real kinds
+
+        PLANNERS.setdefault(UpscalePlanner.kind, UpscalePlanner())
     if kind not in PLANNERS:
         raise InvalidInput(
             f"`kind` must be one of {', '.join(sorted(PLANNERS))} but is {kind!r}", field="kind"

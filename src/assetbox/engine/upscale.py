@@ -1,38 +1,50 @@
-"""The upscale job kind: a validated request in, encoded images out (bytes in memory).
+"""The upscale job kind: an image (a stored blob) upscaled by a GAN model, unit by unit.
 
-The CLI (and later the HTTP API and the job queue) call this; it decodes, makes sure the model is
-in the store, runs the GAN pipeline and encodes the result. Files are the caller's business.
+plan: the image's windows (pipelines.upscale_gan.plan_windows), grouped into units of a few
+windows each (colour first, then alpha when the model upscales it). run_unit: the model's output
+for those windows, as a ``.npz``. assemble: every unit's windows blended into the image, resized to
+the requested scale and encoded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import io
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from assetbox.config import Settings, get_settings
+from assetbox.engine.blobs import blob_path
+from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
-from assetbox.imaging import DecodedImage, ImageFormat, decode_image, encode_image
+from assetbox.imaging import MEDIA_TYPES, DecodedImage, ImageFormat, decode_image, encode_image
+from assetbox.imaging.resize import resize_lanczos
 from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
-from assetbox.models.store import ModelStore
+from assetbox.models.store import ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
     DEFAULT_BATCH,
     DEFAULT_OVERLAP,
     AlphaMode,
     EngineChoice,
     TileSettings,
+    blend_windows,
     choose_engine,
     open_backend,
-    upscale_image,
+    plan_windows,
+    preferred_tile,
+    upscale_windows,
 )
+
+WINDOWS_PER_UNIT = 4
 
 
 class UpscaleRequest(BaseModel):
-    """What to upscale and how (images travel separately, as bytes)."""
+    """What to upscale and how."""
 
+    image: str = Field(description="the input, stored as a blob: 'sha256:<hex>'")
     model: str = Field(default=DEFAULT_UPSCALER, description="store id of the upscaler")
     scale: int | None = Field(default=None, ge=1, le=8, description="default: the model's")
     tile: int | None = Field(
@@ -46,72 +58,9 @@ class UpscaleRequest(BaseModel):
     quality: int = Field(default=95, ge=1, le=100)
 
 
-@dataclass(frozen=True)
-class UpscaleOutput:
-    data: bytes
-    format: ImageFormat
-    width: int
-    height: int
-    engine: str
-    model: str
-
-
 def model_store(settings: Settings | None = None) -> ModelStore:
     """The store under the configured data directory."""
     return ModelStore((settings or get_settings()).data_dir / "models")
-
-
-def run_upscale(
-    image: bytes,
-    request: UpscaleRequest,
-    *,
-    store: ModelStore | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    message: Callable[[str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> UpscaleOutput:
-    """Upscale one encoded image.
-
-    Raises:
-        InvalidInput / UnsupportedFormat / ImageTooLarge: bad image or request.
-        NotFound: unknown model.
-        ModelError, OutOfMemory, Cancelled: see the pipeline.
-    """
-    store = store or model_store()
-    decoded = decode_image(image, field="image")
-    manifest = ensure_upscaler(store, request.model, progress=message)
-    engine = choose_engine(request.engine, list(manifest.engines))
-    backend = open_backend(
-        store.path(manifest.id),
-        engine=engine,
-        network_scale=manifest.network_scale,
-        post_resize=manifest.post_resize,
-    )
-    settings = TileSettings(
-        tile=backend.preferred_tile if request.tile is None else request.tile,
-        overlap=request.overlap,
-        context=manifest.context,
-        batch=request.batch,
-    )
-    result = upscale_image(
-        backend,
-        decoded.rgb,
-        decoded.alpha,
-        scale=request.scale,
-        settings=settings,
-        alpha_mode=request.alpha,
-        progress=progress,
-        should_stop=should_stop,
-    )
-    rgb = result.rgb
-    if decoded.grayscale:  # the model may tint gray slightly; keep it gray
-        rgb = np.repeat(
-            np.rint(rgb.mean(axis=2, dtype=np.float32)).astype(rgb.dtype)[..., None], 3, axis=2
-        )
-    fmt = request.format or decoded.format
-    out = DecodedImage(rgb=rgb, alpha=result.alpha, format=fmt, grayscale=decoded.grayscale)
-    data = encode_image(out, fmt, quality=request.quality)
-    return UpscaleOutput(data, fmt, out.width, out.height, engine, manifest.id)
 
 
 def format_for_path(path: Path) -> ImageFormat:
@@ -120,16 +69,158 @@ def format_for_path(path: Path) -> ImageFormat:
     Raises:
         InvalidInput: an extension other than .png, .jpg/.jpeg or .webp.
     """
-    suffix = path.suffix.lower()
     formats: dict[str, ImageFormat] = {
         ".png": "png",
         ".jpg": "jpeg",
         ".jpeg": "jpeg",
         ".webp": "webp",
     }
+    suffix = path.suffix.lower()
     if suffix not in formats:
         raise InvalidInput(
             f"`output` must end in .png, .jpg, .jpeg or .webp but is {path.name!r}",
             field="output",
         )
     return formats[suffix]
+
+
+class UpscalePlanner:
+    kind = "upscale"
+    request_model = UpscaleRequest
+
+    # -- shared by the three steps ------------------------------------------------------------
+
+    @staticmethod
+    def _image(request: UpscaleRequest, data_dir: Path, cache: dict[str, Any]) -> DecodedImage:
+        key = f"image:{request.image}"
+        if key not in cache:
+            for old in [k for k in cache if k.startswith("image:")]:
+                del cache[old]  # one decoded image per worker is enough
+            data = blob_path(data_dir, request.image).read_bytes()
+            cache[key] = decode_image(data, field="image")
+        return cache[key]
+
+    @staticmethod
+    def _manifest(request: UpscaleRequest, data_dir: Path) -> ModelManifest:
+        return ensure_upscaler(ModelStore(data_dir / "models"), request.model)
+
+    def _settings(self, request: UpscaleRequest, manifest: ModelManifest) -> TileSettings:
+        engine = choose_engine(request.engine, list(manifest.engines))
+        tile = preferred_tile(engine) if request.tile is None else request.tile
+        settings = TileSettings(
+            tile=tile, overlap=request.overlap, context=manifest.context, batch=request.batch
+        )
+        settings.check()
+        return settings
+
+    # -- the planner ----------------------------------------------------------------------------
+
+    def plan(self, request: BaseModel, data_dir: Path) -> list[dict[str, Any]]:
+        assert isinstance(request, UpscaleRequest)
+        image = self._image(request, data_dir, {})
+        manifest = self._manifest(request, data_dir)
+        if request.scale is not None and request.scale > manifest.scale:
+            raise InvalidInput(
+                f"`scale` must be between 1 and the model's native {manifest.scale} but is "
+                f"{request.scale}",
+                field="scale",
+            )
+        settings = self._settings(request, manifest)
+        plan, _ = plan_windows(image.width, image.height, settings)
+        ids = [tile.id for tile in plan]
+        planes = ["rgb"] + (
+            ["alpha"] if image.alpha is not None and request.alpha == "model" else []
+        )
+        return [
+            {"plane": plane, "tiles": ids[i : i + WINDOWS_PER_UNIT]}
+            for plane in planes
+            for i in range(0, len(ids), WINDOWS_PER_UNIT)
+        ]
+
+    def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
+        assert isinstance(request, UpscaleRequest)
+        image = self._image(request, ctx.data_dir, ctx.cache)
+        manifest = self._manifest(request, ctx.data_dir)
+        settings = self._settings(request, manifest)
+        engine = choose_engine(request.engine, list(manifest.engines))
+        key = f"backend:{manifest.id}:{manifest.sha256}:{engine}"
+        if key not in ctx.cache:
+            ctx.cache[key] = open_backend(
+                ModelStore(ctx.data_dir / "models").path(manifest.id),
+                engine=engine,
+                network_scale=manifest.network_scale,
+                post_resize=manifest.post_resize,
+            )
+        pixels = image.rgb
+        if payload["plane"] == "alpha":
+            assert image.alpha is not None
+            pixels = np.repeat(image.alpha[..., None], 3, axis=2)
+        plan, _ = plan_windows(image.width, image.height, settings)
+        tiles = [plan.tile(tile_id) for tile_id in payload["tiles"]]
+        outputs = upscale_windows(
+            ctx.cache[key],
+            pixels,
+            settings,
+            tiles,
+            should_stop=ctx.should_stop,
+            progress=lambda done, total: ctx.report_step(done, total),
+        )
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack(outputs), allow_pickle=False)
+        return buffer.getvalue()
+
+    def assemble(
+        self, request: BaseModel, results: list[bytes], data_dir: Path
+    ) -> list[AssembledOutput]:
+        assert isinstance(request, UpscaleRequest)
+        started = time.perf_counter()
+        image = self._image(request, data_dir, {})
+        manifest = self._manifest(request, data_dir)
+        settings = self._settings(request, manifest)
+        plan, _ = plan_windows(image.width, image.height, settings)
+        units = self.plan(request, data_dir)
+        windows: dict[str, list[tuple[Any, np.ndarray]]] = {"rgb": [], "alpha": []}
+        for unit, data in zip(units, results, strict=True):
+            stacked = np.load(io.BytesIO(data), allow_pickle=False)
+            for tile_id, out in zip(unit["tiles"], stacked, strict=True):
+                windows[unit["plane"]].append((plan.tile(tile_id), out))
+        scale = manifest.scale
+        rgb = blend_windows(
+            windows["rgb"], image.width, image.height, scale, settings, dtype=image.rgb.dtype
+        )
+        alpha = None
+        if image.alpha is not None and windows["alpha"]:
+            gray = blend_windows(
+                windows["alpha"],
+                image.width,
+                image.height,
+                scale,
+                settings,
+                dtype=image.alpha.dtype,
+                transfer="linear",
+            )
+            # The model may tint a gray image slightly; alpha is the mean of its channels.
+            alpha = np.rint(gray.mean(axis=2, dtype=np.float32)).astype(image.alpha.dtype)
+        elif image.alpha is not None:
+            alpha = resize_lanczos(image.alpha, (image.width * scale, image.height * scale))
+        target = request.scale or scale
+        if target != scale:
+            size = (image.width * target, image.height * target)
+            rgb = resize_lanczos(rgb, size)
+            alpha = resize_lanczos(alpha, size) if alpha is not None else None
+        if image.grayscale:  # keep gray images gray
+            mean = np.rint(rgb.mean(axis=2, dtype=np.float32)).astype(rgb.dtype)
+            rgb = np.repeat(mean[..., None], 3, axis=2)
+        fmt = request.format or image.format
+        out = DecodedImage(rgb=rgb, alpha=alpha, format=fmt, grayscale=image.grayscale)
+        data = encode_image(out, fmt, quality=request.quality)
+        return [
+            AssembledOutput(
+                data=data,
+                media_type=MEDIA_TYPES[fmt],
+                extension={"jpeg": "jpg"}.get(fmt, fmt),
+                width=out.width,
+                height=out.height,
+                timings_ms={"assemble": round((time.perf_counter() - started) * 1000, 1)},
+            )
+        ]

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from assetbox.errors import Cancelled, InvalidInput, ModelError, OutOfMemory
-from assetbox.imaging import TileBlender, TilePlan, extract_tile
+from assetbox.imaging import Tile, TileBlender, TilePlan, extract_tile
 from assetbox.imaging.resize import resize_lanczos
 from assetbox.imaging.transfer import Transfer
 
@@ -288,12 +288,19 @@ class _Run:
 
     def upscale(self, pixels: np.ndarray, settings: TileSettings, report: bool) -> np.ndarray:
         height, width = pixels.shape[:2]
-        plan, margin = plan_windows(width, height, settings)
-        scale = self.scale
+        plan, _ = plan_windows(width, height, settings)
+        outputs = self.windows(pixels, settings, list(plan), report)
+        return blend_windows(
+            outputs, width, height, self.scale, settings, dtype=pixels.dtype, transfer=self.transfer
+        )
+
+    def windows(
+        self, pixels: np.ndarray, settings: TileSettings, tiles: list[Tile], report: bool
+    ) -> Iterator[tuple[Tile, np.ndarray]]:
+        """The model's output for each window of `tiles`, in order, batch by batch."""
+        height, width = pixels.shape[:2]
+        plan, _ = plan_windows(width, height, settings)
         dtype = pixels.dtype
-        blender = TileBlender(plan, scale=scale, transfer=self.transfer, dtype=dtype, margin=margin)
-        out = np.empty((height * scale, width * scale, 3), dtype=dtype)
-        tiles = list(plan)
         done = 0
         if report and self.progress:
             self.progress(0, len(tiles))
@@ -332,14 +339,57 @@ class _Run:
                         raise
                     self.tile_limit = current // 2
                     continue
-            for tile, result in zip(group, batch_out, strict=True):
-                for band in blender.add(tile, result):
-                    out[band.y : band.y + len(band.pixels)] = band.pixels
+            yield from zip(group, batch_out, strict=True)
             index += len(group)
             done += len(group)
             if report and self.progress:
                 self.progress(done, len(tiles))
-        return out
+
+
+def blend_windows(
+    outputs: Iterable[tuple[Tile, np.ndarray]],
+    width: int,
+    height: int,
+    scale: int,
+    settings: TileSettings,
+    *,
+    dtype: np.dtype,
+    transfer: Transfer = "srgb",
+) -> np.ndarray:
+    """Blend the model's window outputs of a ``width x height`` image into the upscaled image.
+
+    Raises:
+        InvalidInput: a window missing or not of this image's plan.
+    """
+    plan, margin = plan_windows(width, height, settings)
+    blender = TileBlender(plan, scale=scale, transfer=transfer, dtype=dtype, margin=margin)
+    out = np.empty((height * scale, width * scale, 3), dtype=dtype)
+    for tile, result in outputs:
+        for band in blender.add(tile, result):
+            out[band.y : band.y + len(band.pixels)] = band.pixels
+    if not blender.done:
+        raise InvalidInput(f"windows never arrived: {', '.join(blender.missing()[:8])}")
+    return out
+
+
+def upscale_windows(
+    backend: UpscaleBackend,
+    pixels: np.ndarray,
+    settings: TileSettings,
+    tiles: list[Tile],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+) -> list[np.ndarray]:
+    """The model's output for some windows of an image (a unit of a job), in the input's dtype.
+
+    Raises:
+        OutOfMemory: out of memory even with the smallest tile.
+        Cancelled: `should_stop` returned True.
+    """
+    settings.check()
+    run = _Run(backend, settings, "srgb", progress, should_stop)
+    return [out for _, out in run.windows(pixels, settings, tiles, report=True)]
 
 
 def upscale_pixels(
@@ -460,6 +510,13 @@ def cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def preferred_tile(engine: Literal["torch", "ncnn"]) -> int:
+    """The default core tile of an engine on this machine (see CPU_TILE), without loading it."""
+    if engine == "ncnn":
+        return GPU_TILE if vulkan_gpu_count() > 0 else CPU_TILE
+    return GPU_TILE if cuda_available() else CPU_TILE
 
 
 def choose_engine(engine: EngineChoice, engines: list[str]) -> Literal["torch", "ncnn"]:
