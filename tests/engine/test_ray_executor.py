@@ -63,3 +63,43 @@ def test_errors_inside_ray_units_keep_their_kind(ray_engine: Engine) -> None:
         ray_engine.submit("simulate", {"units": 3, "fail_units": [0]}).id, timeout=60
     )
     assert failed.status == JobStatus.FAILED and failed.error.code == "invalid_input"
+
+
+def test_ray_runs_an_upscale_job(ray_instance, builtin_store, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from assetbox.imaging import decode_image, encode_image
+    from tests.utils.images import photo
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_store.root, data_dir / "models")
+    engine = Engine(Settings(data_dir=data_dir, executor="ray", workers=2))
+    try:
+        pixels = np.ascontiguousarray(photo("chelsea")[:60, :80])
+        blob = engine.put_blob(encode_image(pixels))
+        job = engine.submit(
+            "upscale",
+            {"image": blob, "model": "realesr-animevideov3-x2", "tile": 32, "engine": "torch"},
+        )
+        done = engine.wait(job.id, timeout=300)
+        assert done.status == JobStatus.SUCCEEDED, done.error
+        assert len(engine.store.units(job.id)) > 1
+        out = decode_image(engine.output_path(done, 0).read_bytes())
+        assert (out.width, out.height) == (160, 120)
+    finally:
+        engine.close()
+
+
+def test_units_go_to_a_free_worker_that_holds_their_model() -> None:
+    from assetbox.engine.ray_executor import RayExecutor
+
+    executor = RayExecutor.__new__(RayExecutor)  # only the routing, no actors
+    executor._busy = [False, False, True]
+    executor._warm = ["model-a", "model-b", "model-b"]
+    assert executor._pick("model-b") == 1  # warm and free
+    assert executor._pick("model-c") == 0  # nobody holds it: the first free one
+    executor._busy = [True, True, True]
+    with pytest.raises(RuntimeError, match="no free Ray worker"):
+        executor._pick("model-a")

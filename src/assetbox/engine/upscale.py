@@ -21,7 +21,6 @@ from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
 from assetbox.imaging import MEDIA_TYPES, DecodedImage, ImageFormat, decode_image, encode_image
-from assetbox.imaging.resize import resize_lanczos
 from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
 from assetbox.models.store import ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
@@ -30,8 +29,10 @@ from assetbox.pipelines.upscale_gan import (
     AlphaMode,
     EngineChoice,
     TileSettings,
+    alpha_from_gray,
     blend_windows,
     choose_engine,
+    finish_upscale,
     open_backend,
     plan_windows,
     preferred_tile,
@@ -188,7 +189,7 @@ class UpscalePlanner:
         rgb = blend_windows(
             windows["rgb"], image.width, image.height, scale, settings, dtype=image.rgb.dtype
         )
-        alpha = None
+        upscaled_alpha = None
         if image.alpha is not None and windows["alpha"]:
             gray = blend_windows(
                 windows["alpha"],
@@ -199,15 +200,11 @@ class UpscalePlanner:
                 dtype=image.alpha.dtype,
                 transfer="linear",
             )
-            # The model may tint a gray image slightly; alpha is the mean of its channels.
-            alpha = np.rint(gray.mean(axis=2, dtype=np.float32)).astype(image.alpha.dtype)
-        elif image.alpha is not None:
-            alpha = resize_lanczos(image.alpha, (image.width * scale, image.height * scale))
-        target = request.scale or scale
-        if target != scale:
-            size = (image.width * target, image.height * target)
-            rgb = resize_lanczos(rgb, size)
-            alpha = resize_lanczos(alpha, size) if alpha is not None else None
+            upscaled_alpha = alpha_from_gray(gray, image.alpha.dtype)
+        result = finish_upscale(
+            rgb, upscaled_alpha, image.alpha, native=scale, scale=request.scale or scale
+        )
+        rgb, alpha = result.rgb, result.alpha
         if image.grayscale:  # keep gray images gray
             mean = np.rint(rgb.mean(axis=2, dtype=np.float32)).astype(rgb.dtype)
             rgb = np.repeat(mean[..., None], 3, axis=2)

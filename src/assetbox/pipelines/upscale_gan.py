@@ -487,17 +487,36 @@ def upscale_image(
             progress=alpha_progress,
             should_stop=should_stop,
         )
-        # The model may tint a gray image slightly; alpha is the mean of its channels.
-        mean = upscaled.mean(axis=2, dtype=np.float32)
-        out_alpha = np.rint(mean).astype(alpha.dtype) if alpha.dtype.kind == "u" else mean
-    elif alpha is not None:
-        out_alpha = resize_lanczos(alpha, (width * native, height * native))
+        out_alpha = alpha_from_gray(upscaled, alpha.dtype)
+    return finish_upscale(out, out_alpha, alpha, native=native, scale=scale)
+
+
+def alpha_from_gray(upscaled: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Alpha from alpha upscaled as a gray image: the mean of its channels (the model may tint
+    gray slightly)."""
+    mean = upscaled.mean(axis=2, dtype=np.float32)
+    return np.rint(mean).astype(dtype) if np.dtype(dtype).kind == "u" else mean
+
+
+def finish_upscale(
+    rgb: np.ndarray,
+    upscaled_alpha: np.ndarray | None,
+    source_alpha: np.ndarray | None,
+    *,
+    native: int,
+    scale: int,
+) -> UpscaleResult:
+    """Colour and alpha at the requested scale: alpha not upscaled by the model is resized with
+    Lanczos, and a scale below the model's comes from a Lanczos downsample."""
+    height, width = rgb.shape[0] // native, rgb.shape[1] // native
+    alpha = upscaled_alpha
+    if alpha is None and source_alpha is not None:
+        alpha = resize_lanczos(source_alpha, (width * native, height * native))
     if scale != native:
         size = (width * scale, height * scale)
-        out = resize_lanczos(out, size)
-        if out_alpha is not None:
-            out_alpha = resize_lanczos(out_alpha, size)
-    return UpscaleResult(out, out_alpha)
+        rgb = resize_lanczos(rgb, size)
+        alpha = resize_lanczos(alpha, size) if alpha is not None else None
+    return UpscaleResult(rgb, alpha)
 
 
 def cuda_available() -> bool:
