@@ -12,10 +12,10 @@ import asyncio
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -286,7 +286,7 @@ class Engine:
         if stop.is_set():
             self.store.finish(job.id, JobStatus.CANCELLED)
             return
-        results = [(job_dir / f"{i}.bin").read_bytes() for i in range(len(units))]
+        results = UnitResults([job_dir / f"{i}.bin" for i in range(len(units))])
         try:
             assembled = planner.assemble(request, results, self.data_dir)
         except AssetboxError as exc:
@@ -308,6 +308,26 @@ class Engine:
             )
         self.store.finish(job.id, JobStatus.SUCCEEDED, outputs=outputs)
         shutil.rmtree(job_dir, ignore_errors=True)  # unit results are only needed until here
+
+
+class UnitResults(Sequence[bytes]):
+    """Unit results read from their files one at a time, so assembling a big job never holds
+    every unit's result in memory at once."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [path.read_bytes() for path in self._paths[index]]
+        return self._paths[index].read_bytes()
 
 
 def _error(exc: BaseException) -> JobError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,7 +54,7 @@ class Planner(Protocol):
         ...
 
     def assemble(
-        self, request: BaseModel, results: list[bytes], data_dir: Path
+        self, request: BaseModel, results: Sequence[bytes], data_dir: Path
     ) -> list[AssembledOutput]:
         """Outputs from every unit's result, in unit order."""
         ...
@@ -127,7 +127,7 @@ class SimulatePlanner:
         return hashlib.sha256(f"unit {index}".encode()).digest()
 
     def assemble(
-        self, request: BaseModel, results: list[bytes], data_dir: Path
+        self, request: BaseModel, results: Sequence[bytes], data_dir: Path
     ) -> list[AssembledOutput]:
         return [AssembledOutput(b"".join(results), "application/octet-stream", "bin")]
 

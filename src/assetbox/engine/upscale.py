@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ class UpscalePlanner:
         return buffer.getvalue()
 
     def assemble(
-        self, request: BaseModel, results: list[bytes], data_dir: Path
+        self, request: BaseModel, results: Sequence[bytes], data_dir: Path
     ) -> list[AssembledOutput]:
         assert isinstance(request, UpscaleRequest)
         started = time.perf_counter()
