@@ -11,7 +11,7 @@ TORCHVISION_VERSION := 0.28.0
 SPANDREL_VERSION := 0.4.2
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install test lint format bench clean
+.PHONY: install serve test lint format bench clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
 		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision"; exit $${PIPESTATUS[0]}
 	touch $(STAMP)
+
+# The service on embedded defaults (127.0.0.1:7000; OpenAPI at /docs).
+serve: $(STAMP)
+	$(BIN)/assetbox serve --host 127.0.0.1 --port 7000
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -185,6 +185,20 @@ def upscale(
 _INPUT_CODES = {"invalid_input", "image_too_large", "unsupported_format", "not_found"}
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7000,
+) -> None:
+    """Run the HTTP API (OpenAPI docs at /docs) on embedded defaults: SQLite and files under
+    the data directory, local workers."""
+    import uvicorn
+
+    from assetbox.server import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Show the models in the store (built-in upscalers are converted on first listing)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from assetbox.config import Settings, get_settings
 from assetbox.engine.blobs import blob_path
@@ -27,6 +27,7 @@ from assetbox.models.store import ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
     DEFAULT_BATCH,
     DEFAULT_OVERLAP,
+    MIN_TILE,
     AlphaMode,
     EngineChoice,
     TileSettings,
@@ -58,6 +59,13 @@ class UpscaleRequest(BaseModel):
     alpha: AlphaMode = "model"
     format: ImageFormat | None = Field(default=None, description="default: the input's format")
     quality: int = Field(default=95, ge=1, le=100)
+
+    @field_validator("tile")
+    @classmethod
+    def _tile_is_untiled_or_big_enough(cls, tile: int | None) -> int | None:
+        if tile is not None and tile != 0 and tile < MIN_TILE:
+            raise ValueError(f"must be 0 (untiled) or at least {MIN_TILE}, not {tile}")
+        return tile
 
 
 def model_store(settings: Settings | None = None) -> ModelStore:

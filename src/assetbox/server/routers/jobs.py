@@ -1,0 +1,88 @@
+"""``/v1/jobs``: list, inspect, cancel, download outputs, follow events (SSE)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import FileResponse, StreamingResponse
+
+from assetbox.engine.engine import Engine
+from assetbox.engine.jobs import Job, JobStatus
+from assetbox.errors import NotFound
+from assetbox.imaging import encode_base64
+from assetbox.server.deps import EngineDep
+from assetbox.server.schemas import JobPublic, JobsPublic, OutputPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def present(job: Job, engine: Engine, *, b64: bool = False) -> JobPublic:
+    """The public view of a job: outputs with download URLs (and inline base64 if asked)."""
+    outputs = [
+        OutputPublic(
+            index=o.index,
+            url=f"/v1/jobs/{job.id}/outputs/{o.index}",
+            media_type=o.media_type,
+            width=o.width,
+            height=o.height,
+            seed=o.seed,
+            timings_ms=o.timings_ms,
+            b64=encode_base64(engine.output_path(job, o.index).read_bytes()) if b64 else None,
+        )
+        for o in job.outputs
+    ]
+    return JobPublic.from_job(job, outputs)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    engine: EngineDep,
+    status: JobStatus | None = None,
+    kind: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    jobs = engine.list(status=status, kind=kind, limit=limit, offset=offset)
+    return JobsPublic(data=[present(j, engine) for j in jobs], limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
+def get_job(job_id: str, engine: EngineDep) -> JobPublic:
+    return present(engine.get(job_id), engine)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, response_model_exclude_none=True)
+def cancel_job(job_id: str, engine: EngineDep) -> JobPublic:
+    return present(engine.cancel(job_id), engine)
+
+
+@router.get("/{job_id}/outputs/{index}", response_class=FileResponse)
+def get_output(job_id: str, index: int, engine: EngineDep) -> FileResponse:
+    job = engine.get(job_id)
+    if not 0 <= index < len(job.outputs):
+        raise NotFound(f"job {job_id} has no output {index} ({len(job.outputs)} outputs)")
+    output = job.outputs[index]
+    return FileResponse(engine.output_path(job, index), media_type=output.media_type)
+
+
+@router.get("/{job_id}/events")
+def job_events(
+    job_id: str,
+    engine: EngineDep,
+    since: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[int | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-sent events from `since` (or `Last-Event-ID`), closing after the terminal one."""
+    engine.get(job_id)  # 404 before the stream starts
+    start = last_event_id if last_event_id is not None else since
+
+    async def stream() -> AsyncIterator[str]:
+        async for event in engine.events(job_id, since=start):
+            yield f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

@@ -1,0 +1,103 @@
+"""``POST /v1/upscale``: an image as base64 JSON or a multipart file → an upscale job."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from assetbox.errors import InvalidInput
+from assetbox.imaging import decode_base64, probe_image
+from assetbox.server.deps import EngineDep
+from assetbox.server.routers.jobs import present
+from assetbox.server.schemas import JobPublic, UpscaleCreate
+
+router = APIRouter(prefix="/v1", tags=["upscale"])
+MAX_WAIT_S = 300
+
+
+def _prefer_wait(prefer: str | None) -> float:
+    match = re.search(r"wait\s*=\s*(\d+(?:\.\d+)?)", prefer or "")
+    return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
+
+
+async def _read_request(request: Request) -> tuple[UpscaleCreate, bytes]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("`image` must be a file part of the form", field="image")
+        data = await upload.read()
+        fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+        try:
+            body = UpscaleCreate(image="-", **fields)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
+        return body, data
+    try:
+        body = UpscaleCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    if body.image.startswith(("http://", "https://")):
+        raise InvalidInput("`image` as a URL is not supported yet: send base64", field="image")
+    return body, decode_base64(body.image, field="image")
+
+
+def _invalid(exc: ValidationError) -> InvalidInput:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "body"
+    return InvalidInput(f"`{field}`: {first['msg']}", field=field)
+
+
+@router.post(
+    "/upscale",
+    status_code=202,
+    response_model=JobPublic,
+    response_model_exclude_none=True,
+    responses={200: {"model": JobPublic, "description": "finished within `Prefer: wait=N`"}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": UpscaleCreate.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"image": {"type": "string", "format": "binary"}},
+                        "required": ["image"],
+                    }
+                },
+            },
+            "required": True,
+        }
+    },
+)
+async def create_upscale(
+    request: Request,
+    engine: EngineDep,
+    prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Queue an upscale; with ``Prefer: wait=N`` wait up to N seconds for it to finish."""
+    body, data = await _read_request(request)
+    try:
+        options = body.options()
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    probe_image(data, field="image")  # refuse bad images and bombs before queueing
+
+    def submit():
+        blob = engine.put_blob(data)
+        return engine.submit("upscale", {"image": blob, **options}, idempotency_key=idempotency_key)
+
+    job = await run_in_threadpool(submit)
+    wait_s = _prefer_wait(prefer)
+    if wait_s:
+        job = await run_in_threadpool(engine.wait, job.id, wait_s)
+    public = present(job, engine, b64=body.response_format == "b64")
+    status = 200 if job.status.is_terminal() else 202
+    return JSONResponse(public.model_dump(mode="json", exclude_none=True), status_code=status)

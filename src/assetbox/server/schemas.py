@@ -1,0 +1,74 @@
+"""Request and response shapes of the API (named by role: `...Create`, `...Public`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from assetbox.engine.jobs import Job, JobError, JobProgress, JobStatus
+from assetbox.engine.upscale import UpscaleRequest
+
+
+class UpscaleCreate(BaseModel):
+    """``POST /v1/upscale`` as JSON; the image is base64 (a ``data:`` URL prefix is fine)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="base64 of a PNG, JPEG or WebP")
+    model: str | None = None
+    scale: int | None = Field(default=None, ge=1, le=8)
+    tile: int | None = Field(default=None, ge=0)
+    overlap: int | None = Field(default=None, ge=0)
+    format: Literal["png", "jpeg", "webp"] | None = None
+    response_format: Literal["url", "b64"] = "url"
+
+    def options(self) -> dict:
+        """The engine request's fields (without the image), defaults left to the engine."""
+        fields = self.model_dump(exclude={"image", "response_format"}, exclude_none=True)
+        UpscaleRequest(image="sha256:" + "0" * 64, **fields)  # same validation as the engine
+        return fields
+
+
+class OutputPublic(BaseModel):
+    index: int
+    url: str
+    media_type: str
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    b64: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress
+    outputs: list[OutputPublic] = Field(default_factory=list)
+    error: JobError | None = None
+
+    @classmethod
+    def from_job(cls, job: Job, outputs: list[OutputPublic]) -> JobPublic:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            progress=job.progress,
+            outputs=outputs,
+            error=job.error,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    limit: int
+    offset: int

@@ -1,0 +1,187 @@
+"""The HTTP API in process (FastAPI's TestClient) over a real engine and the built-in models."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from assetbox.config import Settings
+from assetbox.server import create_app
+from tests.utils.images import encode_pil, photo, png_bomb
+
+
+@pytest.fixture
+def settings(builtin_store, tmp_path: Path) -> Settings:
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_store.root, data_dir / "models")
+    return Settings(data_dir=data_dir, max_queued_jobs=50)
+
+
+@pytest.fixture
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def small_png() -> bytes:
+    return encode_pil(np.ascontiguousarray(photo("chelsea")[:40, :56]))
+
+
+def upscale_body(png: bytes, **fields) -> dict:
+    return {"image": base64.b64encode(png).decode(), "model": "realesr-animevideov3-x2", **fields}
+
+
+def test_health(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok" and response.json()["queue_depth"] == 0
+    assert response.headers["X-Request-ID"]
+
+
+def test_upscale_with_prefer_wait_returns_the_finished_job(
+    client: TestClient, small_png: bytes
+) -> None:
+    response = client.post(
+        "/v1/upscale", json=upscale_body(small_png), headers={"Prefer": "wait=60"}
+    )
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["status"] == "succeeded" and job["kind"] == "upscale"
+    assert job["progress"]["done"] == job["progress"]["total"] > 0
+    (output,) = job["outputs"]
+    assert (output["width"], output["height"]) == (112, 80)
+    image = client.get(output["url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (112, 80)
+
+
+def test_upscale_b64_response_and_multipart(client: TestClient, small_png: bytes) -> None:
+    inline = client.post(
+        "/v1/upscale",
+        json=upscale_body(small_png, response_format="b64"),
+        headers={"Prefer": "wait=60"},
+    ).json()
+    data = base64.b64decode(inline["outputs"][0]["b64"])
+    assert Image.open(io.BytesIO(data)).size == (112, 80)
+    form = client.post(
+        "/v1/upscale",
+        files={"image": ("cat.png", small_png, "image/png")},
+        data={"model": "realesr-animevideov3-x2", "scale": "1"},
+        headers={"Prefer": "wait=60"},
+    )
+    assert form.status_code == 200, form.text
+    assert form.json()["outputs"][0]["width"] == 56  # scale 1: downsampled back
+
+
+def test_without_wait_the_job_is_accepted_and_listed(client: TestClient, small_png: bytes) -> None:
+    response = client.post("/v1/upscale", json=upscale_body(small_png))
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    listed = client.get("/v1/jobs", params={"kind": "upscale"}).json()
+    assert job_id in [j["id"] for j in listed["data"]]
+    assert client.get(f"/v1/jobs/{job_id}").json()["id"] == job_id
+
+
+def test_events_stream_to_the_end_and_replay(client: TestClient, small_png: bytes) -> None:
+    job_id = client.post("/v1/upscale", json=upscale_body(small_png)).json()["id"]
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        text = "".join(stream.iter_text())
+    events = [block for block in text.split("\n\n") if block.strip()]
+    last = events[-1].splitlines()
+    assert last[1] == "event: status" and json.loads(last[2][6:])["status"] == "succeeded"
+    first_id = int(events[0].splitlines()[0][4:])
+    replay = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(first_id)})
+    assert replay.text.count("\n\n") == len(events) - 1
+
+
+def test_idempotency_key_resubmit_and_conflict(client: TestClient, small_png: bytes) -> None:
+    body = upscale_body(small_png)
+    first = client.post("/v1/upscale", json=body, headers={"Idempotency-Key": "abc"})
+    again = client.post("/v1/upscale", json=body, headers={"Idempotency-Key": "abc"})
+    assert first.json()["id"] == again.json()["id"]
+    other = client.post(
+        "/v1/upscale", json=upscale_body(small_png, scale=1), headers={"Idempotency-Key": "abc"}
+    )
+    assert other.status_code == 409 and other.json()["error"] == "conflict"
+
+
+def test_queue_full_is_429_with_retry_after(settings: Settings, small_png: bytes) -> None:
+    from assetbox.engine.engine import Engine
+
+    engine = Engine(settings.model_copy(update={"max_queued_jobs": 1}), start=False)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        assert client.post("/v1/upscale", json=upscale_body(small_png)).status_code == 202
+        full = client.post("/v1/upscale", json=upscale_body(small_png, scale=1))
+        assert full.status_code == 429
+        assert int(full.headers["Retry-After"]) >= 1
+        assert full.json()["error"] == "queue_full"
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"image": "iVBORw0KGgo"}, 422, "image"),  # bad base64 padding
+        ({"image": base64.b64encode(b"hello").decode()}, 415, "image"),
+        ({"image": base64.b64encode(png_bomb()).decode()}, 413, "image"),
+        ({"image": "aGk=", "scale": 0}, 422, "scale"),
+        ({"image": "aGk=", "tile": 8}, 422, "tile"),
+        ({"image": "aGk=", "colour": "red"}, 422, "colour"),
+        ({"image": "https://example.org/cat.png"}, 422, "image"),
+    ],
+)
+def test_bad_requests_have_one_error_shape(
+    client: TestClient, body: dict, status: int, field: str
+) -> None:
+    response = client.post("/v1/upscale", json=body, headers={"X-Request-ID": "req-1"})
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["field"] == field and error["request_id"] == "req-1"
+    assert error["error"] and error["message"]
+    assert response.headers["X-Request-ID"] == "req-1"
+
+
+def test_unknown_job_and_output_are_404(client: TestClient) -> None:
+    missing = client.get("/v1/jobs/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert client.get("/v1/jobs/nope/events").status_code == 404
+
+
+def test_cancel_a_job(settings: Settings, small_png: bytes) -> None:
+    from assetbox.engine.engine import Engine
+
+    engine = Engine(settings, start=False)  # nothing runs: the job stays queued
+    with TestClient(create_app(settings, engine=engine)) as client:
+        job_id = client.post("/v1/upscale", json=upscale_body(small_png)).json()["id"]
+        cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
+        assert cancelled.json()["status"] == "cancelled" and cancelled.json()["outputs"] == []
+    engine.close()
+
+
+def test_models_list_and_delete(client: TestClient) -> None:
+    models = client.get("/v1/models", params={"architecture": "Compact"}).json()["data"]
+    assert {m["id"] for m in models} == {
+        "realesr-animevideov3-x2",
+        "realesr-animevideov3-x3",
+        "realesr-animevideov3-x4",
+    }
+    assert client.delete("/v1/models/realesr-animevideov3-x3").json()["id"] == (
+        "realesr-animevideov3-x3"
+    )
+    assert client.delete("/v1/models/realesr-animevideov3-x3").status_code == 404
+    assert client.delete("/v1/models/..%2Fetc").status_code in (404, 422)
+
+
+def test_openapi_lists_the_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/upscale", "/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/models", "/health"):
+        assert path in paths

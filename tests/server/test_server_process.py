@@ -1,0 +1,98 @@
+"""The real service: `assetbox serve` (uvicorn) as a process, killed and restarted mid-job."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from assetbox.engine.jobs import UnitStatus
+from assetbox.engine.store import JobStore
+from tests.utils.images import encode_pil, photo
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "ASSETBOX_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assetbox.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not come up")
+
+
+def test_serve_submit_follow_download_kill_and_resume(builtin_store, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_store.root, data_dir / "models")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(data_dir, port)
+    try:
+        # 1. A small job from submit through its events to the download.
+        small = encode_pil(np.ascontiguousarray(photo("chelsea")[:40, :56]))
+        body = {"image": base64.b64encode(small).decode(), "model": "realesr-animevideov3-x4"}
+        job = httpx.post(f"{base}/v1/upscale", json=body, timeout=30).json()
+        with httpx.stream("GET", f"{base}/v1/jobs/{job['id']}/events", timeout=60) as events:
+            last = [line for line in events.iter_lines() if line.startswith("data: ")][-1]
+        assert json.loads(last[6:])["status"] == "succeeded"
+        done = httpx.get(f"{base}/v1/jobs/{job['id']}").json()
+        png = httpx.get(base + done["outputs"][0]["url"]).content
+        assert Image.open(io.BytesIO(png)).size == (224, 160)
+
+        # 2. A longer job, killed mid-way.
+        big = encode_pil(np.ascontiguousarray(photo("coffee")[:160, :200]))
+        body = {
+            "image": base64.b64encode(big).decode(),
+            "model": "realesr-animevideov3-x2",
+            "tile": 16,
+        }
+        job_id = httpx.post(f"{base}/v1/upscale", json=body, timeout=30).json()["id"]
+        store = JobStore(data_dir / "jobs.sqlite3")
+        deadline = time.monotonic() + 120
+        while sum(u.status == UnitStatus.DONE for u in store.units(job_id)) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        kept = {u.index for u in store.units(job_id) if u.status == UnitStatus.DONE}
+        assert store.get(job_id).status == "running"
+
+        server = start_server(data_dir, port)
+        deadline = time.monotonic() + 180
+        while (job := httpx.get(f"{base}/v1/jobs/{job_id}").json())["status"] != "succeeded":
+            assert job["status"] in ("queued", "running") and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert job["progress"]["resumed"] == len(kept)
+        units = store.units(job_id)
+        assert all(units[i].attempts == 1 for i in kept)
+        assert job["outputs"][0]["width"] == 400
+    finally:
+        server.kill()
+        server.wait()
