@@ -55,6 +55,16 @@ class Settings(BaseSettings):
         "computing them again.",
     )
 
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys; when any is set, every route but /health needs "
+        "`Authorization: Bearer <key>`.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A file with one API key per line (added to api_keys)."
+    )
+    metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -185,3 +185,46 @@ def test_openapi_lists_the_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/v1/upscale", "/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/models", "/health"):
         assert path in paths
+
+
+def test_websocket_events(client: TestClient, small_png: bytes) -> None:
+    job_id = client.post("/v1/upscale", json=upscale_body(small_png)).json()["id"]
+    messages = []
+    with client.websocket_connect(f"/v1/jobs/{job_id}/ws") as ws:
+        while not (messages and messages[-1]["data"].get("status") == "succeeded"):
+            messages.append(ws.receive_json())
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    with client.websocket_connect(f"/v1/jobs/{job_id}/ws?since={messages[-2]['seq']}") as ws:
+        assert ws.receive_json() == messages[-1]
+
+
+def test_api_keys(settings: Settings, small_png: bytes, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("# team keys\nfile-key\n")
+    secured = settings.model_copy(update={"api_keys": "k1, k2", "api_keys_file": keys_file})
+    with TestClient(create_app(secured)) as client:
+        assert client.get("/health").status_code == 200  # always open
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k1"}):
+            denied = client.get("/v1/jobs", headers=headers)
+            assert denied.status_code == 401
+            assert denied.headers["WWW-Authenticate"].startswith("Bearer")
+            assert denied.json()["error"] == "unauthorized"
+        for key in ("k1", "k2", "file-key"):
+            assert (
+                client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code
+                == 200
+            )
+        assert client.get("/metrics").status_code == 401
+    with TestClient(create_app(secured.model_copy(update={"metrics_public": True}))) as client:
+        assert client.get("/metrics").status_code == 200
+
+
+def test_metrics_count_jobs(client: TestClient, small_png: bytes) -> None:
+    client.post("/v1/upscale", json=upscale_body(small_png), headers={"Prefer": "wait=60"})
+    text = client.get("/metrics").text
+    assert 'assetbox_jobs{kind="upscale",status="succeeded"} 1.0' in text
+    assert "assetbox_queue_depth 0.0" in text
+    assert (
+        'assetbox_http_request_seconds_count{method="POST",route="/v1/upscale",status="200"}'
+        in text
+    )

@@ -218,6 +218,14 @@ class JobStore:
                 ).fetchone()[0]
             )
 
+    def counts_by_kind_status(self) -> list[tuple[str, str, int]]:
+        """(kind, status, count) for every pair that has jobs."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status"
+            ).fetchall()
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
     def next_queued(self) -> Job | None:
         """The oldest queued job, marked running (one transaction, so no two takers)."""
         with self._tx() as db:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from assetbox import __version__
 from assetbox.config import Settings, get_settings
 from assetbox.engine.engine import Engine
-from assetbox.server import errors
+from assetbox.server import auth, errors
+from assetbox.server.metrics import CONTENT_TYPE, Metrics
 from assetbox.server.routers import health, jobs, models, upscale
 
 
@@ -36,17 +39,43 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
     errors.install(app)
+    hashes = auth.key_hashes(settings)
 
     @app.middleware("http")
-    async def request_id(
+    async def request_context(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = rid
-        response = await call_next(request)
+        started = time.perf_counter()
+        open_path = request.url.path in auth.OPEN_PATHS or (
+            request.url.path == "/metrics" and settings.metrics_public
+        )
+        if (
+            hashes
+            and not open_path
+            and not auth.is_allowed(hashes, request.headers.get("authorization"))
+        ):
+            response: Response = JSONResponse(
+                errors.error_body(request, "unauthorized", "a valid API key is required"),
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="assetbox"'},
+            )
+        else:
+            response = await call_next(request)
         response.headers["X-Request-ID"] = rid
+        route = request.scope.get("route")
+        app.state.metrics.request_seconds.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).observe(time.perf_counter() - started)
         return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        body = request.app.state.metrics.render(request.app.state.engine)
+        return Response(body, media_type=CONTENT_TYPE)
 
     for router in (health.router, upscale.router, jobs.router, models.router):
         app.include_router(router)

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, StreamingResponse
 
 from assetbox.engine.engine import Engine
@@ -86,3 +86,21 @@ def job_events(
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
+
+
+@router.websocket("/{job_id}/ws")
+async def job_events_ws(websocket: WebSocket, job_id: str, since: int = 0) -> None:
+    """The same events as the SSE stream, one JSON message each; closes after the terminal one."""
+    engine: Engine = websocket.app.state.engine
+    try:
+        engine.get(job_id)
+    except NotFound:
+        await websocket.close(code=4404, reason=f"no job {job_id!r}")
+        return
+    await websocket.accept()
+    try:
+        async for event in engine.events(job_id, since=since):
+            await websocket.send_json(event.model_dump(mode="json"))
+    except WebSocketDisconnect:
+        return
+    await websocket.close()
