@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="A file with one API key per line (added to api_keys)."
     )
+    max_request_bytes: int = Field(
+        default=96 * 1024 * 1024, gt=0, description="Largest HTTP request body (413 past it)."
+    )
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Let image URLs point at loopback, private and link-local addresses "
+        "(refused by default: server-side request forgery).",
+    )
+    url_timeout_s: float = Field(default=15, gt=0, description="Timeout for fetching image URLs.")
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
 
 

@@ -228,3 +228,65 @@ def test_metrics_count_jobs(client: TestClient, small_png: bytes) -> None:
         'assetbox_http_request_seconds_count{method="POST",route="/v1/upscale",status="200"}'
         in text
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.org/cat.png",
+        "http://127.0.0.1:9/cat.png",
+        "http://localhost/cat.png",
+        "http://10.0.0.7/cat.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/cat.png",
+    ],
+)
+def test_image_urls_that_could_reach_inside_are_refused(client: TestClient, url: str) -> None:
+    response = client.post("/v1/upscale", json={"image": url})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "image"
+
+
+def test_image_url_from_an_allowed_local_server(settings: Settings, small_png: bytes) -> None:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "/cat.png")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(small_png)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        allowed = settings.model_copy(update={"allow_private_urls": True})
+        with TestClient(create_app(allowed)) as client:
+            url = f"http://127.0.0.1:{server.server_address[1]}/moved"
+            response = client.post(
+                "/v1/upscale",
+                json={"image": url, "model": "realesr-animevideov3-x2"},
+                headers={"Prefer": "wait=60"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["outputs"][0]["width"] == 112
+    finally:
+        server.shutdown()
+
+
+def test_request_bodies_past_the_limit_are_413(settings: Settings) -> None:
+    limited = settings.model_copy(update={"max_request_bytes": 1000})
+    with TestClient(create_app(limited)) as client:
+        response = client.post("/v1/upscale", json={"image": "A" * 2000})
+        assert response.status_code == 413 and response.json()["error"] == "too_large"

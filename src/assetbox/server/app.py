@@ -53,15 +53,28 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         open_path = request.url.path in auth.OPEN_PATHS or (
             request.url.path == "/metrics" and settings.metrics_public
         )
+        length = request.headers.get("content-length", "")
+        response: Response
         if (
             hashes
             and not open_path
             and not auth.is_allowed(hashes, request.headers.get("authorization"))
         ):
-            response: Response = JSONResponse(
+            response = JSONResponse(
                 errors.error_body(request, "unauthorized", "a valid API key is required"),
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="assetbox"'},
+            )
+        elif length.isdigit() and int(length) > settings.max_request_bytes:
+            # Refused from the header, before the body is read.
+            response = JSONResponse(
+                errors.error_body(
+                    request,
+                    "too_large",
+                    f"the request body is {length} bytes; the limit is "
+                    f"{settings.max_request_bytes} (ASSETBOX_MAX_REQUEST_BYTES)",
+                ),
+                status_code=413,
             )
         else:
             response = await call_next(request)

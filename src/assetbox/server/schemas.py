@@ -16,7 +16,7 @@ class UpscaleCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(description="base64 of a PNG, JPEG or WebP")
+    image: str = Field(description="base64 of a PNG, JPEG or WebP, or an http(s) URL of one")
     model: str | None = None
     scale: int | None = Field(default=None, ge=1, le=8)
     tile: int | None = Field(default=None, ge=0)

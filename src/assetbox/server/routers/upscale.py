@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from assetbox.engine.inputs import fetch_url
 from assetbox.errors import InvalidInput
 from assetbox.imaging import decode_base64, probe_image
 from assetbox.server.deps import EngineDep
@@ -43,8 +44,10 @@ async def _read_request(request: Request) -> tuple[UpscaleCreate, bytes]:
         body = UpscaleCreate.model_validate_json(await request.body())
     except ValidationError as exc:
         raise _invalid(exc) from exc
-    if body.image.startswith(("http://", "https://")):
-        raise InvalidInput("`image` as a URL is not supported yet: send base64", field="image")
+    if "://" in body.image[:16]:
+        settings = request.app.state.settings
+        data = await run_in_threadpool(fetch_url, body.image, settings, field="image")
+        return body, data
     return body, decode_base64(body.image, field="image")
 
 
