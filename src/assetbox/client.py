@@ -1,0 +1,128 @@
+"""A small Python client for the assetbox HTTP API (httpx).
+
+from assetbox.client import Client
+with Client("http://127.0.0.1:7000", api_key="...") as api:
+    job = api.upscale(Path("photo.png").read_bytes(), wait=300)
+    Path("photo-x4.png").write_bytes(api.output(job["id"]))
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    """An error answer from the service: `status`, `code`, `message`, `field`, `request_id`."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.code = body.get("error", "http_error")
+        self.message = body.get("message", "")
+        self.field = body.get("field")
+        self.request_id = body.get("request_id")
+        where = f" ({self.field})" if self.field else ""
+        super().__init__(f"{status} {self.code}{where}: {self.message}")
+
+
+class Client:
+    """The API's routes as methods. Pass `http` to use your own httpx.Client (tests do)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:7000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 330,
+        http: httpx.Client | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        self._http.headers.update(headers)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"message": response.text}
+            raise ApiError(response.status_code, body)
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._json(self._http.get("/health"))
+
+    def upscale(
+        self,
+        image: bytes | str,
+        *,
+        wait: float | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Submit an upscale of image bytes (or an http(s) URL); `options` are the request's
+        fields (model, scale, tile, overlap, format, response_format)."""
+        payload = {"image": image if isinstance(image, str) else base64.b64encode(image).decode()}
+        headers = {}
+        if wait:
+            headers["Prefer"] = f"wait={wait:g}"
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        return self._json(
+            self._http.post("/v1/upscale", json={**payload, **options}, headers=headers)
+        )
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/jobs/{job_id}"))
+
+    def jobs(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._json(self._http.get("/v1/jobs", params=filters))["data"]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def output(self, job_id: str, index: int = 0) -> bytes:
+        response = self._http.get(f"/v1/jobs/{job_id}/outputs/{index}")
+        if response.status_code >= 400:
+            self._json(response)
+        return response.content
+
+    def events(self, job_id: str, since: int = 0) -> Iterator[dict[str, Any]]:
+        """The job's events (server-sent), until its terminal one."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", params={"since": since}) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._json(r)
+            event: dict[str, Any] = {}
+            for line in r.iter_lines():
+                if line.startswith("id: "):
+                    event["seq"] = int(line[4:])
+                elif line.startswith("event: "):
+                    event["type"] = line[7:]
+                elif line.startswith("data: "):
+                    event["data"] = json.loads(line[6:])
+                elif not line and event:
+                    yield event
+                    event = {}
+
+    def wait(self, job_id: str) -> dict[str, Any]:
+        """Follow the job's events to the end; returns the finished job."""
+        for _ in self.events(job_id):
+            pass
+        return self.job(job_id)
+
+    def models(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._json(self._http.get("/v1/models", params=filters))["data"]
