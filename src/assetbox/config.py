@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         "(refused by default: server-side request forgery).",
     )
     url_timeout_s: float = Field(default=15, gt=0, description="Timeout for fetching image URLs.")
+    webhook_secret: str = Field(
+        default="",
+        description="HMAC-SHA256 key for webhook signatures; empty: one is generated and kept "
+        "in <data_dir>/webhook_secret.",
+    )
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
 
 

@@ -234,3 +234,26 @@ def test_a_killed_process_resumes_without_redoing_finished_units(tmp_path: Path)
     finally:
         clean.close()
     assert (data / job.outputs[0].path).read_bytes() == expected
+
+
+def test_an_old_schema_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from assetbox.engine.store import MIGRATIONS
+
+    path = tmp_path / "jobs.sqlite3"
+    db = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO jobs (id, kind, status, request, request_hash, created_at, progress) "
+        "VALUES ('old', 'simulate', 'succeeded', '{}', 'h', '2026-01-01T00:00:00+00:00', '{}')"
+    )
+    db.commit()
+    db.close()
+    store = JobStore(path)
+    assert store.schema_version == SCHEMA_VERSION == 2
+    old = store.get("old")
+    assert old.status == JobStatus.SUCCEEDED and old.delivery is None and old.webhook is None

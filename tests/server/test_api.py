@@ -290,3 +290,85 @@ def test_request_bodies_past_the_limit_are_413(settings: Settings) -> None:
     with TestClient(create_app(limited)) as client:
         response = client.post("/v1/upscale", json={"image": "A" * 2000})
         assert response.status_code == 413 and response.json()["error"] == "too_large"
+
+
+class Receiver:
+    """A loopback HTTP server that records webhooks and PUT uploads (PUTs to /fail get 500)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((self.command, self.path, dict(self.headers), body))
+                self.send_response(500 if self.path == "/fail" else 200)
+                self.end_headers()
+
+            do_POST = do_PUT = _record
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_webhook_is_signed_and_uploads_report_per_output(
+    settings: Settings, small_png: bytes
+) -> None:
+    import hashlib
+    import hmac
+    import time
+
+    receiver = Receiver()
+    allowed = settings.model_copy(update={"allow_private_urls": True, "webhook_secret": "s3cret"})
+    try:
+        with TestClient(create_app(allowed)) as client:
+            body = upscale_body(
+                small_png, webhook_url=f"{receiver.url}/hook", upload_urls=[f"{receiver.url}/up"]
+            )
+            job = client.post("/v1/upscale", json=body, headers={"Prefer": "wait=60"}).json()
+            assert job["status"] == "succeeded"
+            assert job["outputs"][0]["upload"] == {
+                "url": f"{receiver.url}/up",
+                "ok": True,
+                "status": 200,
+            }
+            deadline = time.monotonic() + 30
+            while not any(r[1] == "/hook" for r in receiver.received):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            _, _, headers, raw = next(r for r in receiver.received if r[1] == "/hook")
+            expected = "sha256=" + hmac.new(b"s3cret", raw, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(headers["X-Assetbox-Signature"], expected)
+            payload = json.loads(raw)
+            assert payload["job_id"] == job["id"] and payload["status"] == "succeeded"
+            put = next(r for r in receiver.received if r[0] == "PUT")
+            assert put[2]["Content-Type"] == "image/png" and put[3][:4] == b"\x89PNG"
+            while client.get(f"/v1/jobs/{job['id']}").json().get("webhook") is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert client.get(f"/v1/jobs/{job['id']}").json()["webhook"]["ok"] is True
+
+            failing = upscale_body(small_png, scale=1, upload_urls=[f"{receiver.url}/fail"])
+            job = client.post("/v1/upscale", json=failing, headers={"Prefer": "wait=60"}).json()
+            assert job["status"] == "succeeded"  # a failed upload fails nothing else
+            upload = job["outputs"][0]["upload"]
+            assert upload["ok"] is False and upload["status"] == 500
+            assert client.get(job["outputs"][0]["url"]).status_code == 200
+    finally:
+        receiver.close()
+
+
+def test_webhook_to_a_private_address_is_refused(client: TestClient, small_png: bytes) -> None:
+    body = upscale_body(small_png, webhook_url="http://10.1.2.3/hook")
+    response = client.post("/v1/upscale", json=body)
+    assert response.status_code == 422 and response.json()["field"] == "webhook_url"

@@ -22,8 +22,22 @@ from pydantic import BaseModel, ValidationError
 from assetbox.atomic_files import write_atomically
 from assetbox.config import Settings, get_settings
 from assetbox.engine.blobs import put_blob
+from assetbox.engine.delivery import (
+    check_delivery,
+    send_webhook,
+    upload_outputs,
+    webhook_secret,
+)
 from assetbox.engine.executors import Executor, LocalExecutor, UnitTask
-from assetbox.engine.jobs import Job, JobError, JobEvent, JobOutput, JobProgress, JobStatus
+from assetbox.engine.jobs import (
+    Delivery,
+    Job,
+    JobError,
+    JobEvent,
+    JobOutput,
+    JobProgress,
+    JobStatus,
+)
 from assetbox.engine.planners import planner_for, request_hash
 from assetbox.engine.store import JobStore
 from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory, QueueFull
@@ -75,6 +89,7 @@ class Engine:
         self._wake = threading.Condition()
         self._closing = threading.Event()
         self._durations: list[float] = []
+        self._webhooks: list[threading.Thread] = []
         self.recovered = self.store.requeue_interrupted()
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
         if start:
@@ -88,6 +103,7 @@ class Engine:
         request: dict[str, Any] | BaseModel,
         *,
         idempotency_key: str | None = None,
+        delivery: Delivery | dict[str, Any] | None = None,
     ) -> Job:
         """Validate and queue a job.
 
@@ -105,6 +121,15 @@ class Engine:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "request"
             raise InvalidInput(f"`{field}`: {first['msg']}", field=field) from exc
+        if delivery is not None and not isinstance(delivery, Delivery):
+            try:
+                delivery = Delivery.model_validate(delivery)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                field = ".".join(str(p) for p in first["loc"]) or "delivery"
+                raise InvalidInput(f"`{field}`: {first['msg']}", field=field) from exc
+        if delivery is not None:
+            check_delivery(delivery, self.settings)
         digest = request_hash(kind, validated)
         if idempotency_key is None:
             queued = self.store.count(JobStatus.QUEUED)
@@ -115,7 +140,7 @@ class Engine:
                     retry_after_s=self._retry_after(queued),
                 )
         job, new = self.store.create_job(
-            kind, validated.model_dump(mode="json"), digest, idempotency_key
+            kind, validated.model_dump(mode="json"), digest, idempotency_key, delivery
         )
         if new and self.settings.reuse_results:
             earlier = self.store.find_reusable(kind, digest)
@@ -123,6 +148,7 @@ class Engine:
                 job = self.store.finish(
                     job.id, JobStatus.SUCCEEDED, outputs=earlier.outputs, reused_from=earlier.id
                 )
+                self._deliver_webhook(job.id)
         with self._wake:
             self._wake.notify_all()
         return job
@@ -149,7 +175,9 @@ class Engine:
             return job
         self._cancel.setdefault(job_id, threading.Event()).set()
         if job.status == JobStatus.QUEUED:
-            return self.store.finish(job_id, JobStatus.CANCELLED)
+            cancelled = self.store.finish(job_id, JobStatus.CANCELLED)
+            self._deliver_webhook(job_id)
+            return cancelled
         return self.wait(job_id, timeout=30)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
@@ -190,8 +218,36 @@ class Engine:
             self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=60)
+        for thread in self._webhooks:
+            thread.join(timeout=30)
         self.executor.close()
         self.store.close()
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _deliver_webhook(self, job_id: str) -> None:
+        """Send a finished job's webhook on its own thread (retries must not hold the queue)."""
+        job = self.store.get(job_id)
+        if not (job.delivery and job.delivery.webhook_url) or not job.status.is_terminal():
+            return
+        terminal = [e for e in self.store.events(job_id) if e.type == "status"][-1]
+        payload = {
+            "job_id": job.id,
+            "kind": job.kind,
+            "status": job.status.value,
+            "outputs": [o.model_dump(mode="json") for o in job.outputs],
+            "error": job.error.model_dump() if job.error else None,
+            "event": terminal.model_dump(mode="json"),
+        }
+        secret = webhook_secret(self.settings, self.data_dir)
+        url = job.delivery.webhook_url
+
+        def send() -> None:
+            self.store.set_webhook(job_id, send_webhook(url, payload, secret, self.settings))
+
+        thread = threading.Thread(target=send, name=f"webhook-{job_id[:8]}", daemon=True)
+        self._webhooks.append(thread)
+        thread.start()
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -216,6 +272,7 @@ class Engine:
                     JobStatus.FAILED,
                     error=JobError(code="internal", message=f"{type(exc).__name__}: {exc}"),
                 )
+            self._deliver_webhook(job.id)
             self._durations.append(time.monotonic() - started)
             with self._wake:
                 self._wake.notify_all()
@@ -306,6 +363,9 @@ class Engine:
                     timings_ms=item.timings_ms or {},
                 )
             )
+        if job.delivery and job.delivery.upload_urls:
+            files = [self.data_dir / o.path for o in outputs]
+            outputs = upload_outputs(outputs, files, job.delivery.upload_urls, self.settings)
         self.store.finish(job.id, JobStatus.SUCCEEDED, outputs=outputs)
         shutil.rmtree(job_dir, ignore_errors=True)  # unit results are only needed until here
 

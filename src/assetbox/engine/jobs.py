@@ -53,6 +53,33 @@ class JobOutput(BaseModel):
     height: int | None = None
     seed: int | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    upload: UploadOutcome | None = None
+
+
+class UploadOutcome(BaseModel):
+    """What happened when an output was PUT to its `upload_urls` entry."""
+
+    url: str
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+
+
+class Delivery(BaseModel):
+    """Where a job's results go besides the store: a webhook and one upload URL per output."""
+
+    webhook_url: str | None = Field(
+        default=None, description="POSTed the job's terminal event, signed (HMAC-SHA256)"
+    )
+    upload_urls: list[str] = Field(default_factory=list)
+
+
+class WebhookOutcome(BaseModel):
+    url: str
+    ok: bool
+    attempts: int
+    status: int | None = None
+    error: str | None = None
 
 
 class Job(BaseModel):
@@ -68,6 +95,8 @@ class Job(BaseModel):
     error: JobError | None = None
     idempotency_key: str | None = None
     reused_from: str | None = None
+    delivery: Delivery | None = None
+    webhook: WebhookOutcome | None = None
 
 
 class Unit(BaseModel):

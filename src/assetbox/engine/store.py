@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from assetbox.engine.jobs import (
+    Delivery,
     Job,
     JobError,
     JobEvent,
@@ -26,6 +27,7 @@ from assetbox.engine.jobs import (
     JobStatus,
     Unit,
     UnitStatus,
+    WebhookOutcome,
 )
 from assetbox.errors import Conflict, NotFound
 
@@ -67,6 +69,11 @@ MIGRATIONS: tuple[str, ...] = (
         at TEXT NOT NULL,
         PRIMARY KEY (job_id, seq)
     );
+    """,
+    # 2: delivery options (webhook, upload URLs) and the webhook's outcome.
+    """
+    ALTER TABLE jobs ADD COLUMN delivery TEXT;
+    ALTER TABLE jobs ADD COLUMN webhook TEXT
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -137,6 +144,7 @@ class JobStore:
         request: dict[str, Any],
         request_hash: str,
         idempotency_key: str | None = None,
+        delivery: Delivery | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; returns it and whether it is new.
 
@@ -161,7 +169,7 @@ class JobStore:
             job_id = uuid.uuid4().hex
             db.execute(
                 "INSERT INTO jobs (id, kind, status, request, request_hash, idempotency_key, "
-                "created_at, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, progress, delivery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     kind,
@@ -171,6 +179,7 @@ class JobStore:
                     idempotency_key,
                     _now(),
                     JobProgress().model_dump_json(),
+                    delivery.model_dump_json() if delivery else None,
                 ),
             )
             self._event(db, job_id, "status", {"status": JobStatus.QUEUED.value})
@@ -315,6 +324,12 @@ class JobStore:
                 self._event(db, job_id, "status", {"status": "queued", "reason": "restart"})
             return ids
 
+    def set_webhook(self, job_id: str, outcome: WebhookOutcome) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET webhook = ? WHERE id = ?", (outcome.model_dump_json(), job_id)
+            )
+
     def set_progress(self, job_id: str, progress: JobProgress, *, event: bool = True) -> None:
         with self._tx() as db:
             db.execute(
@@ -429,6 +444,8 @@ class JobStore:
             error=JobError.model_validate_json(row["error"]) if row["error"] else None,
             idempotency_key=row["idempotency_key"],
             reused_from=row["reused_from"],
+            delivery=Delivery.model_validate_json(row["delivery"]) if row["delivery"] else None,
+            webhook=WebhookOutcome.model_validate_json(row["webhook"]) if row["webhook"] else None,
         )
 
     @staticmethod

@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from assetbox.engine.jobs import Job, JobError, JobProgress, JobStatus
+from assetbox.engine.jobs import (
+    Job,
+    JobError,
+    JobProgress,
+    JobStatus,
+    UploadOutcome,
+    WebhookOutcome,
+)
 from assetbox.engine.upscale import UpscaleRequest
 
 
@@ -23,10 +30,23 @@ class UpscaleCreate(BaseModel):
     overlap: int | None = Field(default=None, ge=0)
     format: Literal["png", "jpeg", "webp"] | None = None
     response_format: Literal["url", "b64"] = "url"
+    webhook_url: str | None = Field(
+        default=None, description="POSTed the terminal event, signed (X-Assetbox-Signature)"
+    )
+    upload_urls: list[str] = Field(
+        default_factory=list, description="one per output: each output is PUT there"
+    )
+
+    def delivery(self) -> dict | None:
+        if self.webhook_url is None and not self.upload_urls:
+            return None
+        return {"webhook_url": self.webhook_url, "upload_urls": self.upload_urls}
 
     def options(self) -> dict:
         """The engine request's fields (without the image), defaults left to the engine."""
-        fields = self.model_dump(exclude={"image", "response_format"}, exclude_none=True)
+        fields = self.model_dump(
+            exclude={"image", "response_format", "webhook_url", "upload_urls"}, exclude_none=True
+        )
         UpscaleRequest(image="sha256:" + "0" * 64, **fields)  # same validation as the engine
         return fields
 
@@ -40,6 +60,7 @@ class OutputPublic(BaseModel):
     seed: int | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     b64: str | None = None
+    upload: UploadOutcome | None = None
 
 
 class JobPublic(BaseModel):
@@ -52,6 +73,7 @@ class JobPublic(BaseModel):
     progress: JobProgress
     outputs: list[OutputPublic] = Field(default_factory=list)
     error: JobError | None = None
+    webhook: WebhookOutcome | None = None
 
     @classmethod
     def from_job(cls, job: Job, outputs: list[OutputPublic]) -> JobPublic:
@@ -65,6 +87,7 @@ class JobPublic(BaseModel):
             progress=job.progress,
             outputs=outputs,
             error=job.error,
+            webhook=job.webhook,
         )
 
 

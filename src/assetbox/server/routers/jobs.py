@@ -31,6 +31,7 @@ def present(job: Job, engine: Engine, *, b64: bool = False) -> JobPublic:
             seed=o.seed,
             timings_ms=o.timings_ms,
             b64=encode_base64(engine.output_path(job, o.index).read_bytes()) if b64 else None,
+            upload=o.upload,
         )
         for o in job.outputs
     ]

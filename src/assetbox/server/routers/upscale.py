@@ -95,7 +95,12 @@ async def create_upscale(
 
     def submit():
         blob = engine.put_blob(data)
-        return engine.submit("upscale", {"image": blob, **options}, idempotency_key=idempotency_key)
+        return engine.submit(
+            "upscale",
+            {"image": blob, **options},
+            idempotency_key=idempotency_key,
+            delivery=body.delivery(),
+        )
 
     job = await run_in_threadpool(submit)
     wait_s = _prefer_wait(prefer)
