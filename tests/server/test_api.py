@@ -372,3 +372,74 @@ def test_webhook_to_a_private_address_is_refused(client: TestClient, small_png: 
     body = upscale_body(small_png, webhook_url="http://10.1.2.3/hook")
     response = client.post("/v1/upscale", json=body)
     assert response.status_code == 422 and response.json()["field"] == "webhook_url"
+
+
+def upload_in_chunks(client: TestClient, data: bytes, name: str, sha: str | None = None) -> str:
+    import hashlib
+
+    created = client.post(
+        "/v1/models/uploads",
+        json={"name": name, "size": len(data), "sha256": sha or hashlib.sha256(data).hexdigest()},
+    )
+    assert created.status_code == 201, created.text
+    upload_id = created.json()["id"]
+    half = len(data) // 2
+    first = client.put(
+        f"/v1/models/uploads/{upload_id}",
+        content=data[:half],
+        headers={"Content-Range": f"bytes 0-{half - 1}/{len(data)}"},
+    )
+    assert first.json()["next_offset"] == half
+    # A broken connection: the client asks where to go on, and a wrong offset is refused.
+    assert client.get(f"/v1/models/uploads/{upload_id}").json()["next_offset"] == half
+    wrong = client.put(
+        f"/v1/models/uploads/{upload_id}",
+        content=data[half + 1 :],
+        headers={"Content-Range": f"bytes {half + 1}-{len(data) - 1}/{len(data)}"},
+    )
+    assert wrong.status_code == 409 and f"send from {half}" in wrong.json()["message"]
+    rest = client.put(
+        f"/v1/models/uploads/{upload_id}",
+        content=data[half:],
+        headers={"Content-Range": f"bytes {half}-{len(data) - 1}/{len(data)}"},
+    )
+    assert rest.json()["next_offset"] == len(data)
+    return upload_id
+
+
+def test_chunked_model_upload_resumes_and_imports(client: TestClient, builtin_store) -> None:
+    data = (builtin_store.path("realesr-animevideov3-x2") / "model.safetensors").read_bytes()
+    upload_id = upload_in_chunks(client, data, "My Compact.safetensors")
+    done = client.post(f"/v1/models/uploads/{upload_id}/complete")
+    assert done.status_code == 201, done.text
+    assert (done.json()["id"], done.json()["architecture"]) == ("my-compact", "Compact")
+    assert "my-compact" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+
+
+def test_upload_with_a_wrong_sha256_is_rejected_and_store_unchanged(
+    client: TestClient, builtin_store
+) -> None:
+    data = (builtin_store.path("realesr-animevideov3-x2") / "model.safetensors").read_bytes()
+    before = client.get("/v1/models").json()["data"]
+    upload_id = upload_in_chunks(client, data, "evil.safetensors", sha="0" * 64)
+    done = client.post(f"/v1/models/uploads/{upload_id}/complete")
+    assert done.status_code == 422 and done.json()["field"] == "sha256"
+    assert client.get("/v1/models").json()["data"] == before
+    assert client.get(f"/v1/models/uploads/{upload_id}").status_code == 404  # discarded
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        ("../../etc/passwd.safetensors", "name"),
+        ("sub/dir.safetensors", "name"),
+        ("model.onnx", "name"),
+        ("model.pkl", "name"),
+        ("..safetensors", "name"),
+    ],
+)
+def test_upload_names_are_checked(client: TestClient, name: str, field: str) -> None:
+    response = client.post(
+        "/v1/models/uploads", json={"name": name, "size": 10, "sha256": "0" * 64}
+    )
+    assert response.status_code == 422 and response.json()["field"] == field
