@@ -196,6 +196,11 @@ def test_base64_stray_characters_are_refused() -> None:
         decode_base64("iVBO*w0KGgo=")
 
 
+def test_base64_with_non_ascii_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        decode_base64("iVBOR\u0080w0KGgo=")
+
+
 def test_base64_empty_is_refused() -> None:
     with pytest.raises(InvalidInput, match="empty"):
         decode_base64("data:image/png;base64,")

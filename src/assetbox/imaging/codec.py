@@ -9,7 +9,6 @@ lose nothing before processing.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import re
 import struct
@@ -85,7 +84,7 @@ def decode_base64(text: str, *, field: str = "image") -> bytes:
         text = text.replace("-", "+").replace("_", "/")
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII characters in the text
         reason = "bad padding" if "padding" in str(exc).lower() else str(exc)
         raise InvalidInput(
             f"`{field}` is not valid base64 ({reason}); length {len(text)}", field=field
