@@ -194,9 +194,12 @@ def serve(
     the data directory, local workers."""
     import uvicorn
 
+    from assetbox.logs import configure_json_logs
     from assetbox.server import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    configure_json_logs()
+    # Our own JSON request log replaces uvicorn's access log.
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", access_log=False)
 
 
 @models_app.command("list")

@@ -443,3 +443,48 @@ def test_upload_names_are_checked(client: TestClient, name: str, field: str) -> 
         "/v1/models/uploads", json={"name": name, "size": 10, "sha256": "0" * 64}
     )
     assert response.status_code == 422 and response.json()["field"] == field
+
+
+def test_health_reports_device_memory_and_loaded_models(
+    client: TestClient, small_png: bytes
+) -> None:
+    client.post("/v1/upscale", json=upscale_body(small_png), headers={"Prefer": "wait=60"})
+    health = client.get("/health").json()
+    assert health["device"] in ("cpu",) or health["device"].startswith("cuda:")
+    assert health["memory"]["process_rss_bytes"] > 0
+    assert any("realesr-animevideov3-x2" in key for key in health["loaded_models"])
+    assert health["free_disk_bytes"] > 0
+
+
+def test_logs_are_json_lines_with_request_and_job_fields(
+    client: TestClient, small_png: bytes
+) -> None:
+    import logging
+
+    from assetbox.logs import LOGGER, configure_json_logs
+
+    configure_json_logs()
+    handler = next(h for h in logging.getLogger(LOGGER).handlers if getattr(h, "_assetbox_json", 0))
+    stream = io.StringIO()
+    old = handler.setStream(stream)
+    try:
+        job = client.post(
+            "/v1/upscale",
+            json=upscale_body(small_png),
+            headers={"Prefer": "wait=60", "X-Request-ID": "log-1"},
+        ).json()
+        # The scheduler thread logs the job just after the job's status turns final.
+        import time
+
+        deadline = time.monotonic() + 10
+        while "job finished" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        handler.setStream(old)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    request = next(r for r in records if r["message"] == "request")
+    assert request["request_id"] == "log-1" and request["status"] == 200
+    assert request["latency_ms"] > 0 and request["level"] == "INFO"
+    done = next(r for r in records if r["message"] == "job finished")
+    assert done["job_id"] == job["id"] and done["kind"] == "upscale"
+    assert done["model"] == "realesr-animevideov3-x2" and done["peak_rss_mb"] > 0

@@ -9,6 +9,7 @@ interrupted jobs back in the queue, and only their missing units run again.
 from __future__ import annotations
 
 import asyncio
+import resource
 import shutil
 import threading
 import time
@@ -41,6 +42,9 @@ from assetbox.engine.jobs import (
 from assetbox.engine.planners import planner_for, request_hash
 from assetbox.engine.store import JobStore
 from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory, QueueFull
+from assetbox.logs import get_logger
+
+log = get_logger("engine")
 
 # Errors after which the same unit may well succeed: out of memory (another time, another
 # worker) and a worker that died under it. Everything else is the input's fault.
@@ -264,6 +268,7 @@ class Engine:
                     self._wake.wait(timeout=0.2)
                 continue
             started = time.monotonic()
+            peak_before = _peak_rss_mb()
             try:
                 self._run(job)
             except Exception as exc:  # the scheduler must outlive any one job
@@ -274,6 +279,22 @@ class Engine:
                 )
             self._deliver_webhook(job.id)
             self._durations.append(time.monotonic() - started)
+            finished = self.store.get(job.id)
+            log.info(
+                "job finished",
+                extra={
+                    "job_id": job.id,
+                    "kind": job.kind,
+                    "status": finished.status.value,
+                    "model": job.request.get("model"),
+                    "seed": job.request.get("seed"),
+                    "units": finished.progress.total,
+                    "resumed": finished.progress.resumed,
+                    "latency_ms": round((time.monotonic() - started) * 1000, 1),
+                    "peak_rss_mb": max(peak_before, _peak_rss_mb()),
+                    "error": finished.error.code if finished.error else None,
+                },
+            )
             with self._wake:
                 self._wake.notify_all()
 
@@ -388,6 +409,11 @@ class UnitResults(Sequence[bytes]):
         if isinstance(index, slice):
             return [path.read_bytes() for path in self._paths[index]]
         return self._paths[index].read_bytes()
+
+
+def _peak_rss_mb() -> float:
+    # The process's peak so far (Linux reports KiB): what the job may have pushed it to.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _error(exc: BaseException) -> JobError:

@@ -58,6 +58,8 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
+    def loaded_models(self) -> list[str]: ...
+
 
 class LocalExecutor:
     """`workers` threads in this process, each with its own cache."""
@@ -66,11 +68,21 @@ class LocalExecutor:
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assetbox-worker")
         self._local = threading.local()
+        self._caches: list[dict[str, Any]] = []
+        self._caches_lock = threading.Lock()
 
     def _cache(self) -> dict[str, Any]:
         if not hasattr(self._local, "cache"):
             self._local.cache = {}
+            with self._caches_lock:
+                self._caches.append(self._local.cache)
         return self._local.cache
+
+    def loaded_models(self) -> list[str]:
+        """Models held by the workers' caches (``backend:<model>:<sha>:<engine>`` keys)."""
+        with self._caches_lock:
+            keys = {k for cache in self._caches for k in list(cache) if k.startswith("backend:")}
+        return sorted(keys)
 
     def submit(
         self,

@@ -124,6 +124,11 @@ class RayExecutor:
         ref_future.add_done_callback(done)
         return result
 
+    def loaded_models(self) -> list[str]:
+        """The models the actors last ran (what their caches hold, as far as routing knows)."""
+        with self._lock:
+            return sorted({key for key in self._warm if key is not None})
+
     def close(self) -> None:
         for actor in self._actors:
             self._ray.kill(actor)

@@ -13,9 +13,12 @@ from fastapi.responses import JSONResponse
 from assetbox import __version__
 from assetbox.config import Settings, get_settings
 from assetbox.engine.engine import Engine
+from assetbox.logs import get_logger
 from assetbox.server import auth, errors
 from assetbox.server.metrics import CONTENT_TYPE, Metrics
 from assetbox.server.routers import health, jobs, models, upscale
+
+log = get_logger("http")
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -80,9 +83,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             response = await call_next(request)
         response.headers["X-Request-ID"] = rid
         route = request.scope.get("route")
+        seconds = time.perf_counter() - started
         app.state.metrics.request_seconds.labels(
             request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - started)
+        ).observe(seconds)
+        log.info(
+            "request",
+            extra={
+                "request_id": rid,
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "latency_ms": round(seconds * 1000, 1),
+            },
+        )
         return response
 
     @app.get("/metrics", include_in_schema=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+from pathlib import Path
 
 from fastapi import APIRouter
 
@@ -13,12 +15,38 @@ from assetbox.server.deps import EngineDep
 router = APIRouter(tags=["health"])
 
 
+def _device() -> str:
+    # Without importing torch when it is not loaded yet: health must stay cheap.
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def _memory() -> dict[str, int | None]:
+    fields = {}
+    for path, key, name in (
+        ("/proc/self/status", "VmRSS:", "process_rss_bytes"),
+        ("/proc/meminfo", "MemAvailable:", "available_bytes"),
+    ):
+        try:
+            line = next(x for x in Path(path).read_text().splitlines() if x.startswith(key))
+            fields[name] = int(line.split()[1]) * 1024
+        except (OSError, StopIteration, ValueError):
+            fields[name] = None
+    return fields
+
+
 @router.get("/health")
 def health(engine: EngineDep) -> dict:
     usage = shutil.disk_usage(engine.data_dir)
     return {
         "status": "ok",
         "version": __version__,
+        "device": _device(),
+        "memory": _memory(),
+        "loaded_models": engine.executor.loaded_models(),
         "executor": engine.settings.executor,
         "workers": engine.executor.workers,
         "queue_depth": engine.store.count(JobStatus.QUEUED),
