@@ -224,6 +224,7 @@ def test_metrics_count_jobs(client: TestClient, small_png: bytes) -> None:
     text = client.get("/metrics").text
     assert 'assetbox_jobs{kind="upscale",status="succeeded"} 1.0' in text
     assert "assetbox_queue_depth 0.0" in text
+    assert 'assetbox_unit_seconds_count{kind="upscale",outcome="ok"}' in text
     assert (
         'assetbox_http_request_seconds_count{method="POST",route="/v1/upscale",status="200"}'
         in text

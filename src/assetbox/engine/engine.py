@@ -13,7 +13,7 @@ import resource
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, overload
@@ -94,6 +94,8 @@ class Engine:
         self._closing = threading.Event()
         self._durations: list[float] = []
         self._webhooks: list[threading.Thread] = []
+        # Called with (kind, seconds, succeeded) after every unit, e.g. by the metrics.
+        self.unit_observers: list[Callable[[str, float, bool], None]] = []
         self.recovered = self.store.requeue_interrupted()
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
         if start:
@@ -318,6 +320,8 @@ class Engine:
         todo = [u.index for u in units if u.index not in done]
         payloads = {u.index: u.payload for u in units}
 
+        sent_at: dict[int, float] = {}
+
         def launch(index: int) -> None:
             attempt = self.store.start_unit(job.id, index)
 
@@ -326,6 +330,7 @@ class Engine:
                 self.store.set_progress(job.id, progress, event=False)
 
             task = UnitTask(job.kind, job.request, payloads[index], attempt, str(self.data_dir))
+            sent_at[index] = time.monotonic()
             running[self.executor.submit(task, stop.is_set, report_step)] = index
 
         # Keep every worker busy, and no more: units not yet sent can still be cancelled.
@@ -338,6 +343,9 @@ class Engine:
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
                 index = running.pop(future)
+                elapsed = time.monotonic() - sent_at[index]
+                for observe in self.unit_observers:
+                    observe(job.kind, elapsed, future.exception() is None)
                 try:
                     result = future.result()
                 except Cancelled:

@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
         app.state.engine = engine or Engine(settings)
+        app.state.engine.unit_observers.append(app.state.metrics.observe_unit)
         try:
             yield
         finally:

@@ -22,12 +22,22 @@ class Metrics:
         self.queue_depth = Gauge(
             "assetbox_queue_depth", "Jobs waiting to run", registry=self.registry
         )
+        self.unit_seconds = Histogram(
+            "assetbox_unit_seconds",
+            "Time from sending a unit to a worker to its result",
+            ["kind", "outcome"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "assetbox_http_request_seconds",
             "HTTP request latency",
             ["method", "route", "status"],
             registry=self.registry,
         )
+
+    def observe_unit(self, kind: str, seconds: float, succeeded: bool) -> None:
+        self.unit_seconds.labels(kind, "ok" if succeeded else "error").observe(seconds)
 
     def render(self, engine: Engine) -> bytes:
         # Job gauges are read from the store at scrape time: the store is the truth, and the
