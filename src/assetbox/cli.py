@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from assetbox import __version__
+from assetbox.atomic_files import write_atomically
 from assetbox.errors import AssetboxError, InvalidInput
 
 app = typer.Typer(
@@ -55,12 +56,6 @@ def _fail(exc: AssetboxError) -> typer.Exit:
     return typer.Exit(code=2 if isinstance(exc, InvalidInput) else 1)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    from assetbox.atomic_files import write_atomically
-
-    write_atomically(path, data)  # a crash or a full disk never leaves half an output behind
-
-
 @app.command("upscale")
 def upscale(
     input: Annotated[Path, typer.Argument(help="Image to upscale (PNG, JPEG or WebP).")],
@@ -97,7 +92,7 @@ def upscale(
     from assetbox.config import get_settings
     from assetbox.engine.engine import Engine
     from assetbox.engine.jobs import JobStatus
-    from assetbox.engine.upscale import UpscaleRequest, format_for_path, model_store
+    from assetbox.engine.upscale import UpscaleOptions, format_for_path, model_store
     from assetbox.imaging import probe_image
 
     try:
@@ -121,12 +116,9 @@ def upscale(
             "quality": quality,
         }
         try:
-            UpscaleRequest(image="sha256:" + "0" * 64, **options)  # type: ignore[arg-type]
+            UpscaleOptions(**options)  # type: ignore[arg-type]
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidInput(
-                f"`{first['loc'][0]}`: {first['msg']}", field=str(first["loc"][0])
-            ) from exc
+            raise InvalidInput.from_validation(exc) from exc
 
         from assetbox.models.builtin import ensure_upscaler
 
@@ -172,7 +164,7 @@ def upscale(
             first_output = job.outputs[0]
         finally:
             job_engine.close()
-        _write_atomically(output, result)
+        write_atomically(output, result)  # never half an output, whatever happens
     except AssetboxError as exc:
         raise _fail(exc) from exc
     if show:

@@ -29,6 +29,13 @@ class InvalidInput(AssetboxError):
         super().__init__(message)
         self.field = field
 
+    @classmethod
+    def from_validation(cls, exc: Exception, *, default_field: str = "request") -> InvalidInput:
+        """The first problem of a pydantic ``ValidationError``, naming its field."""
+        first = exc.errors()[0]  # type: ignore[attr-defined]
+        field = ".".join(str(p) for p in first["loc"]) or default_field
+        return cls(f"`{field}`: {first['msg']}", field=field)
+
 
 class ImageTooLarge(InvalidInput):
     """An image's pixel count exceeds the configured limit (decompression-bomb guard)."""

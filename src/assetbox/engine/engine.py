@@ -38,6 +38,7 @@ from assetbox.engine.jobs import (
     JobOutput,
     JobProgress,
     JobStatus,
+    UnitStatus,
 )
 from assetbox.engine.planners import planner_for, request_hash
 from assetbox.engine.store import JobStore
@@ -124,16 +125,12 @@ class Engine:
                 request.model_dump() if isinstance(request, BaseModel) else request
             )
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "request"
-            raise InvalidInput(f"`{field}`: {first['msg']}", field=field) from exc
+            raise InvalidInput.from_validation(exc) from exc
         if delivery is not None and not isinstance(delivery, Delivery):
             try:
                 delivery = Delivery.model_validate(delivery)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                field = ".".join(str(p) for p in first["loc"]) or "delivery"
-                raise InvalidInput(f"`{field}`: {first['msg']}", field=field) from exc
+                raise InvalidInput.from_validation(exc, default_field="delivery") from exc
         if delivery is not None:
             check_delivery(delivery, self.settings)
         digest = request_hash(kind, validated)
@@ -312,7 +309,7 @@ class Engine:
                 self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
                 return
         job_dir = self.files / job.id / "units"
-        done = {u.index for u in units if u.status == "done" and u.result_path}
+        done = {u.index for u in units if u.status == UnitStatus.DONE and u.result_path}
         done = {i for i in done if (job_dir / f"{i}.bin").is_file()}
         progress = JobProgress(done=len(done), total=len(units), resumed=len(done))
         self.store.set_progress(job.id, progress)

@@ -12,7 +12,7 @@ import io
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
@@ -44,10 +44,9 @@ from assetbox.pipelines.upscale_gan import (
 WINDOWS_PER_UNIT = 4
 
 
-class UpscaleRequest(BaseModel):
-    """What to upscale and how."""
+class UpscaleOptions(BaseModel):
+    """How to upscale (everything but the image); the CLI and the API validate with it."""
 
-    image: str = Field(description="the input, stored as a blob: 'sha256:<hex>'")
     model: str = Field(default=DEFAULT_UPSCALER, description="store id of the upscaler")
     scale: int | None = Field(default=None, ge=1, le=8, description="default: the model's")
     tile: int | None = Field(
@@ -66,6 +65,12 @@ class UpscaleRequest(BaseModel):
         if tile is not None and tile != 0 and tile < MIN_TILE:
             raise ValueError(f"must be 0 (untiled) or at least {MIN_TILE}, not {tile}")
         return tile
+
+
+class UpscaleRequest(UpscaleOptions):
+    """What to upscale and how."""
+
+    image: str = Field(description="the input, stored as a blob: 'sha256:<hex>'")
 
 
 def model_store(settings: Settings | None = None) -> ModelStore:
@@ -114,8 +119,12 @@ class UpscalePlanner:
     def _manifest(request: UpscaleRequest, data_dir: Path) -> ModelManifest:
         return ensure_upscaler(ModelStore(data_dir / "models"), request.model)
 
+    @staticmethod
+    def _engine(request: UpscaleRequest, manifest: ModelManifest) -> Literal["torch", "ncnn"]:
+        return choose_engine(request.engine, list(manifest.engines))
+
     def _settings(self, request: UpscaleRequest, manifest: ModelManifest) -> TileSettings:
-        engine = choose_engine(request.engine, list(manifest.engines))
+        engine = self._engine(request, manifest)
         tile = preferred_tile(engine) if request.tile is None else request.tile
         settings = TileSettings(
             tile=tile, overlap=request.overlap, context=manifest.context, batch=request.batch
@@ -152,7 +161,7 @@ class UpscalePlanner:
         image = self._image(request, ctx.data_dir, ctx.cache)
         manifest = self._manifest(request, ctx.data_dir)
         settings = self._settings(request, manifest)
-        engine = choose_engine(request.engine, list(manifest.engines))
+        engine = self._engine(request, manifest)
         key = f"backend:{manifest.id}:{manifest.sha256}:{engine}"
         if key not in ctx.cache:
             ctx.cache[key] = open_backend(

@@ -15,7 +15,7 @@ from assetbox.engine.jobs import (
     UploadOutcome,
     WebhookOutcome,
 )
-from assetbox.engine.upscale import UpscaleRequest
+from assetbox.engine.upscale import UpscaleOptions
 
 
 class UpscaleCreate(BaseModel):
@@ -47,7 +47,7 @@ class UpscaleCreate(BaseModel):
         fields = self.model_dump(
             exclude={"image", "response_format", "webhook_url", "upload_urls"}, exclude_none=True
         )
-        UpscaleRequest(image="sha256:" + "0" * 64, **fields)  # same validation as the engine
+        UpscaleOptions(**fields)  # the engine's own validation, before anything is stored
         return fields
 
 

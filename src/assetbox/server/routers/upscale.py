@@ -38,23 +38,17 @@ async def _read_request(request: Request) -> tuple[UpscaleCreate, bytes]:
         try:
             body = UpscaleCreate(image="-", **fields)  # type: ignore[arg-type]
         except ValidationError as exc:
-            raise _invalid(exc) from exc
+            raise InvalidInput.from_validation(exc, default_field="body") from exc
         return body, data
     try:
         body = UpscaleCreate.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise _invalid(exc) from exc
+        raise InvalidInput.from_validation(exc, default_field="body") from exc
     if "://" in body.image[:16]:
         settings = request.app.state.settings
         data = await run_in_threadpool(fetch_url, body.image, settings, field="image")
         return body, data
     return body, decode_base64(body.image, field="image")
-
-
-def _invalid(exc: ValidationError) -> InvalidInput:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "body"
-    return InvalidInput(f"`{field}`: {first['msg']}", field=field)
 
 
 @router.post(
@@ -90,7 +84,7 @@ async def create_upscale(
     try:
         options = body.options()
     except ValidationError as exc:
-        raise _invalid(exc) from exc
+        raise InvalidInput.from_validation(exc, default_field="body") from exc
     probe_image(data, field="image")  # refuse bad images and bombs before queueing
 
     def submit():
