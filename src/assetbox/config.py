@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         description="HMAC-SHA256 key for webhook signatures; empty: one is generated and kept "
         "in <data_dir>/webhook_secret.",
     )
+    model_cache_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Memory budget for loaded models per worker device, in bytes; the least "
+        "recently used idle model is evicted past it. Default: 85% of a GPU's memory, or half "
+        "of the machine's RAM on CPU.",
+    )
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
 
 

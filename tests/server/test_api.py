@@ -231,6 +231,38 @@ def test_metrics_count_jobs(client: TestClient, small_png: bytes) -> None:
     )
 
 
+def test_metrics_count_model_loads_evictions_and_device_memory(settings: Settings) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    png = encode_pil(np.ascontiguousarray(photo("chelsea")[:24, :24]))
+    # A budget that holds one model: switching models evicts the other one.
+    tight = settings.model_copy(update={"model_cache_bytes": 2 * 2**20})
+    with TestClient(create_app(tight)) as client:
+        for model in ("realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesrgan-x4plus"):
+            job = client.post(
+                "/v1/upscale",
+                json={**upscale_body(png), "model": model},
+                headers={"Prefer": "wait=60"},
+            ).json()
+            assert job["status"] == "succeeded", job
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples
+        }
+    # On CPU the engine is ncnn: x2 and x3 hold 1.25 MB each, so x3 evicts x2; x4plus (33 MB)
+    # does not fit even alone: it evicts x3 and stays as the only resident model.
+    assert samples[("assetbox_model_loads_total", ())] == 3
+    assert samples[("assetbox_model_evictions_total", ())] == 2
+    assert samples[("assetbox_models_loaded", ())] == 1
+    assert samples[("assetbox_model_cache_budget_bytes", ())] == 2 * 2**20
+    assert samples[("assetbox_model_cache_bytes", ())] > 2 * 2**20
+    used = {labels: v for (name, labels), v in samples.items() if "device_memory_used" in name}
+    total = {labels: v for (name, labels), v in samples.items() if "device_memory_total" in name}
+    assert used and used.keys() == total.keys()
+    assert all(0 < used[d] <= total[d] for d in used)
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -71,8 +71,19 @@ def make_executor(settings: Settings) -> Executor:
             workers=settings.workers,
             address=settings.ray_address,
             cpus_per_worker=settings.ray_cpus_per_worker,
+            model_cache_bytes=settings.model_cache_bytes,
         )
-    return LocalExecutor(workers=settings.workers)
+    from assetbox.models.cache import ModelCache, default_budget
+
+    budget = settings.model_cache_bytes or default_budget(_local_device())
+    return LocalExecutor(workers=settings.workers, model_cache=ModelCache(budget))
+
+
+def _local_device() -> str:
+    """Where local workers run models: the first CUDA device when torch sees one."""
+    from assetbox.pipelines.upscale_gan import cuda_available
+
+    return "cuda:0" if cuda_available() else "cpu"
 
 
 class Engine:

@@ -1,7 +1,8 @@
 """Executors give the engine workers. `LocalExecutor`: threads in this process (the default).
 
-A worker runs one unit at a time and keeps a cache (loaded models) between units. Executors take
-a `UnitTask` and return a future of the unit's result bytes.
+A worker runs one unit at a time and keeps loaded models between units in a `ModelCache` (one per
+device: the local executor's threads share one). Executors take a `UnitTask` and return a future
+of the unit's result bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from assetbox.engine.planners import UnitContext, planner_for
+from assetbox.models.cache import CacheStats, ModelCache
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class UnitTask:
 def run_task(
     task: UnitTask,
     cache: dict[str, Any],
+    models: ModelCache,
     should_stop: Callable[[], bool],
     report_step: Callable[[int, int], None],
 ) -> bytes:
@@ -40,6 +43,7 @@ def run_task(
         report_step=report_step,
         should_stop=should_stop,
         cache=cache,
+        models=models,
         attempt=task.attempt,
         data_dir=Path(task.data_dir),
     )
@@ -58,31 +62,36 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
+    def cache_stats(self) -> CacheStats:
+        """Loads, hits, evictions and resident bytes of the workers' model caches, summed."""
+        ...
+
     def loaded_models(self) -> list[str]: ...
 
 
 class LocalExecutor:
-    """`workers` threads in this process, each with its own cache."""
+    """`workers` threads in this process sharing one model cache (they share the device), each
+    with its own scratch cache."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, *, model_cache: ModelCache | None = None) -> None:
+        from assetbox.models.cache import default_budget
+
         self.workers = workers
+        self.models = model_cache or ModelCache(default_budget())
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assetbox-worker")
         self._local = threading.local()
-        self._caches: list[dict[str, Any]] = []
-        self._caches_lock = threading.Lock()
 
     def _cache(self) -> dict[str, Any]:
         if not hasattr(self._local, "cache"):
             self._local.cache = {}
-            with self._caches_lock:
-                self._caches.append(self._local.cache)
         return self._local.cache
 
+    def cache_stats(self) -> CacheStats:
+        return self.models.stats()
+
     def loaded_models(self) -> list[str]:
-        """Models held by the workers' caches (``backend:<model>:<sha>:<engine>`` keys)."""
-        with self._caches_lock:
-            keys = {k for cache in self._caches for k in list(cache) if k.startswith("backend:")}
-        return sorted(keys)
+        """Keys of the resident models (``<model>:<sha>:<engine>``), least recently used first."""
+        return self.models.keys()
 
     def submit(
         self,
@@ -90,7 +99,9 @@ class LocalExecutor:
         should_stop: Callable[[], bool],
         report_step: Callable[[int, int], None],
     ) -> Future[bytes]:
-        return self._pool.submit(lambda: run_task(task, self._cache(), should_stop, report_step))
+        return self._pool.submit(
+            lambda: run_task(task, self._cache(), self.models, should_stop, report_step)
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

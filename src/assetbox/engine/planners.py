@@ -18,15 +18,21 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from assetbox.errors import Cancelled, InvalidInput
+from assetbox.models.cache import ModelCache
 
 
 @dataclass
 class UnitContext:
-    """What a running unit may use: progress per step, cancellation, the worker's cache."""
+    """What a running unit may use: progress per step, cancellation, the worker's caches.
+
+    `models` holds loaded models under the memory budget (shared by the device's workers);
+    `cache` is the worker's own scratch (e.g. the decoded input image).
+    """
 
     report_step: Callable[[int, int], None]
     should_stop: Callable[[], bool]
     cache: dict[str, Any]
+    models: ModelCache
     attempt: int = 1
     data_dir: Path = Path(".")  # where the job's input blobs live
 

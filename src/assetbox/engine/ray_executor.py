@@ -16,6 +16,7 @@ from typing import Any
 from assetbox.engine.engine import WorkerDied
 from assetbox.engine.executors import UnitTask, run_task
 from assetbox.errors import InvalidInput
+from assetbox.models.cache import CacheStats, ModelCache
 
 
 def _ray():
@@ -29,16 +30,30 @@ def _ray():
 
 
 class _Worker:
-    """The actor's body: runs units with a cache that lives as long as the actor."""
+    """The actor's body: runs units with caches that live as long as the actor.
 
-    def __init__(self) -> None:
+    The actor is threaded (`max_concurrency=2`) so that `stats` answers while a unit runs; the
+    executor still sends it one unit at a time.
+    """
+
+    def __init__(self, budget_bytes: int | None, share: int) -> None:
+        from assetbox.models.cache import default_budget
+        from assetbox.pipelines.upscale_gan import cuda_available
+
+        if budget_bytes is None:  # its GPU's memory, or its share of the machine's RAM
+            device = "cuda:0" if cuda_available() else "cpu"
+            budget_bytes = default_budget(device) // (1 if device != "cpu" else share)
         self.cache: dict[str, Any] = {}
+        self.models = ModelCache(budget_bytes)
 
     def ping(self) -> int:
         return os.getpid()
 
+    def stats(self) -> CacheStats:
+        return self.models.stats()
+
     def run(self, task: UnitTask) -> bytes:
-        return run_task(task, self.cache, lambda: False, lambda step, steps: None)
+        return run_task(task, self.cache, self.models, lambda: False, lambda step, steps: None)
 
 
 def model_key(task: UnitTask) -> str | None:
@@ -56,6 +71,7 @@ class RayExecutor:
         *,
         address: str | None = None,
         cpus_per_worker: float = 1,
+        model_cache_bytes: int | None = None,
     ) -> None:
         ray = _ray()
         self._ray = ray
@@ -67,10 +83,14 @@ class RayExecutor:
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         gpus = ray.cluster_resources().get("GPU", 0)
         options = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": cpus_per_worker}
-        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0, **options)(_Worker)
+        self._actor_class = ray.remote(
+            max_restarts=0, max_task_retries=0, max_concurrency=2, **options
+        )(_Worker)
+        # CPU actors on one machine split its RAM; each GPU actor owns its device's memory.
+        self._actor_args = (model_cache_bytes, workers)
         self.workers = workers
         self._lock = threading.Lock()
-        self._actors = [self._actor_class.remote() for _ in range(workers)]
+        self._actors = [self._actor_class.remote(*self._actor_args) for _ in range(workers)]
         self._busy = [False] * workers
         self._warm: list[str | None] = [None] * workers
         ray.get([actor.ping.remote() for actor in self._actors])  # all started before work
@@ -106,7 +126,7 @@ class RayExecutor:
                 value = ref_done.result()
             except self._ray.exceptions.RayActorError as exc:
                 with self._lock:  # replace the dead actor before the unit is retried
-                    self._actors[slot] = self._actor_class.remote()
+                    self._actors[slot] = self._actor_class.remote(*self._actor_args)
                     self._warm[slot] = None
                 error = WorkerDied(f"Ray worker {slot} died: {exc}")
             except self._ray.exceptions.RayTaskError as exc:
@@ -124,10 +144,21 @@ class RayExecutor:
         ref_future.add_done_callback(done)
         return result
 
-    def loaded_models(self) -> list[str]:
-        """The models the actors last ran (what their caches hold, as far as routing knows)."""
+    def cache_stats(self) -> CacheStats:
+        """The actors' model caches, summed (an actor that does not answer in 2 s is left out)."""
         with self._lock:
-            return sorted({key for key in self._warm if key is not None})
+            actors = list(self._actors)
+        total = CacheStats()
+        for actor in actors:
+            try:
+                total = total + self._ray.get(actor.stats.remote(), timeout=2)
+            except Exception:  # a dying or stuck actor must not break /metrics or /health
+                continue
+        return total
+
+    def loaded_models(self) -> list[str]:
+        """The models the actors hold."""
+        return self.cache_stats().models
 
     def close(self) -> None:
         for actor in self._actors:

@@ -23,6 +23,7 @@ from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
 from assetbox.imaging import MEDIA_TYPES, DecodedImage, ImageFormat, decode_image, encode_image
 from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
+from assetbox.models.cache import files_bytes
 from assetbox.models.store import ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
     DEFAULT_BATCH,
@@ -162,28 +163,34 @@ class UpscalePlanner:
         manifest = self._manifest(request, ctx.data_dir)
         settings = self._settings(request, manifest)
         engine = self._engine(request, manifest)
-        key = f"backend:{manifest.id}:{manifest.sha256}:{engine}"
-        if key not in ctx.cache:
-            ctx.cache[key] = open_backend(
-                ModelStore(ctx.data_dir / "models").path(manifest.id),
-                engine=engine,
-                network_scale=manifest.network_scale,
-                post_resize=manifest.post_resize,
-            )
+        folder = ModelStore(ctx.data_dir / "models").path(manifest.id)
         pixels = image.rgb
         if payload["plane"] == "alpha":
             assert image.alpha is not None
             pixels = np.repeat(image.alpha[..., None], 3, axis=2)
         plan, _ = plan_windows(image.width, image.height, settings)
         tiles = [plan.tile(tile_id) for tile_id in payload["tiles"]]
-        outputs = upscale_windows(
-            ctx.cache[key],
-            pixels,
-            settings,
-            tiles,
-            should_stop=ctx.should_stop,
-            progress=lambda done, total: ctx.report_step(done, total),
-        )
+        with ctx.models.lease(
+            f"{manifest.id}:{manifest.sha256[:12]}:{engine}",
+            lambda: open_backend(
+                folder,
+                engine=engine,
+                network_scale=manifest.network_scale,
+                post_resize=manifest.post_resize,
+            ),
+            # The engine's weight file: what it will hold in memory, before loading it.
+            estimate=files_bytes(
+                folder / ("model.bin" if engine == "ncnn" else "model.safetensors")
+            ),
+        ) as backend:
+            outputs = upscale_windows(
+                backend,
+                pixels,
+                settings,
+                tiles,
+                should_stop=ctx.should_stop,
+                progress=lambda done, total: ctx.report_step(done, total),
+            )
         buffer = io.BytesIO()
         np.save(buffer, np.stack(outputs), allow_pickle=False)
         return buffer.getvalue()

@@ -164,6 +164,7 @@ class NcnnBackend:
         self.network_scale = network_scale
         self.post_resize = post_resize  # applied inside the ncnn graph
         self.net = ncnn.Net()
+        self.nbytes = model.stat().st_size  # what the model cache counts for it
         use_vulkan = vulkan_gpu_count() > 0 if vulkan is None else vulkan
         self.net.opt.use_vulkan_compute = use_vulkan
         self.preferred_tile = GPU_TILE if use_vulkan else CPU_TILE
