@@ -401,6 +401,46 @@ def test_webhook_is_signed_and_uploads_report_per_output(
         receiver.close()
 
 
+def test_webhook_with_all_events_posts_each_event_in_order_then_the_result(
+    settings: Settings, small_png: bytes
+) -> None:
+    import hashlib
+    import hmac
+    import time
+
+    receiver = Receiver()
+    allowed = settings.model_copy(update={"allow_private_urls": True, "webhook_secret": "k"})
+    try:
+        with TestClient(create_app(allowed)) as client:
+            body = upscale_body(
+                small_png, tile=16, webhook_url=f"{receiver.url}/hook", webhook_events="all"
+            )
+            job = client.post("/v1/upscale", json=body, headers={"Prefer": "wait=60"}).json()
+            assert job["status"] == "succeeded"
+            deadline = time.monotonic() + 30
+            while (client.get(f"/v1/jobs/{job['id']}").json().get("webhook") or {}).get(
+                "status"
+            ) is None or not any(b"outputs" in r[3] for r in receiver.received):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            outcome = client.get(f"/v1/jobs/{job['id']}").json()["webhook"]
+            events = client.get(f"/v1/jobs/{job['id']}/events").text
+    finally:
+        receiver.close()
+    for _, _, headers, raw in receiver.received:
+        expected = "sha256=" + hmac.new(b"k", raw, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Assetbox-Signature"], expected)
+    payloads = [json.loads(r[3]) for r in receiver.received]
+    seqs = [p["event"]["seq"] for p in payloads]
+    assert seqs == list(range(1, len(seqs) + 1))  # every event, once, in order
+    assert seqs[-1] == events.count("\nid: ") + events.startswith("id: ")
+    types = [p["event"]["type"] for p in payloads]
+    assert "progress" in types and types[-1] == "status"
+    assert payloads[-1]["status"] == "succeeded" and payloads[-1]["outputs"]
+    assert outcome["ok"] is True and outcome["last_seq"] == seqs[-1]
+    assert outcome["events_failed"] == 0
+
+
 def test_webhook_to_a_private_address_is_refused(client: TestClient, small_png: bytes) -> None:
     body = upscale_body(small_png, webhook_url="http://10.1.2.3/hook")
     response = client.post("/v1/upscale", json=body)

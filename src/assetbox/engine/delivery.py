@@ -77,15 +77,23 @@ def upload_outputs(
 
 
 def send_webhook(
-    url: str, payload: dict, secret: bytes, settings: Settings, *, sleep=time.sleep
+    url: str,
+    payload: dict,
+    secret: bytes,
+    settings: Settings,
+    *,
+    retry: bool = True,
+    sleep=time.sleep,
 ) -> WebhookOutcome:
-    """POST `payload` as JSON, signed, until a 2xx answer or the attempts run out."""
+    """POST `payload` as JSON, signed, until a 2xx answer or the attempts run out (one attempt
+    without `retry`)."""
     body = json.dumps(payload, sort_keys=True).encode()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
     status, error = None, None
     attempts = 0
+    waits = (*WEBHOOK_BACKOFF_S, None) if retry else (None,)
     with httpx.Client(timeout=settings.url_timeout_s, follow_redirects=False) as client:
-        for attempts, wait in enumerate((*WEBHOOK_BACKOFF_S, None), start=1):
+        for attempts, wait in enumerate(waits, start=1):
             try:
                 check_url(url, settings, field="webhook_url")
                 response = client.post(url, content=body, headers=headers)

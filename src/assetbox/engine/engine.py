@@ -106,12 +106,16 @@ class Engine:
         self._closing = threading.Event()
         self._durations: list[float] = []
         self._webhooks: list[threading.Thread] = []
+        self._followed: set[str] = set()  # jobs whose every event goes to their webhook
         # Called with (kind, seconds, succeeded) after every unit, e.g. by the metrics.
         self.unit_observers: list[Callable[[str, float, bool], None]] = []
         self.recovered = self.store.requeue_interrupted()
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
         if start:
             self._thread.start()
+            for job in self.store.list(status=JobStatus.QUEUED, limit=100_000):
+                if job.delivery and job.delivery.webhook_events == "all":
+                    self._deliver_webhook(job.id)  # followers of jobs from before a restart
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -163,6 +167,8 @@ class Engine:
                     job.id, JobStatus.SUCCEEDED, outputs=earlier.outputs, reused_from=earlier.id
                 )
                 self._deliver_webhook(job.id)
+        if new and delivery is not None and delivery.webhook_events == "all":
+            self._deliver_webhook(job.id)  # its follower posts events from the first
         with self._wake:
             self._wake.notify_all()
         return job
@@ -239,13 +245,10 @@ class Engine:
 
     # -- delivery -------------------------------------------------------------------------------
 
-    def _deliver_webhook(self, job_id: str) -> None:
-        """Send a finished job's webhook on its own thread (retries must not hold the queue)."""
+    def _terminal_payload(self, job_id: str) -> dict[str, Any]:
         job = self.store.get(job_id)
-        if not (job.delivery and job.delivery.webhook_url) or not job.status.is_terminal():
-            return
         terminal = [e for e in self.store.events(job_id) if e.type == "status"][-1]
-        payload = {
+        return {
             "job_id": job.id,
             "kind": job.kind,
             "status": job.status.value,
@@ -253,15 +256,66 @@ class Engine:
             "error": job.error.model_dump() if job.error else None,
             "event": terminal.model_dump(mode="json"),
         }
-        secret = webhook_secret(self.settings, self.data_dir)
+
+    def _deliver_webhook(self, job_id: str) -> None:
+        """Send a job's webhook on its own thread (retries must not hold the queue).
+
+        `webhook_events: terminal` sends the finished job once. `all` starts (once per job and
+        process) a follower that POSTs every event in order, then the finished job; it records
+        the last event sent, so after a restart it goes on from there.
+        """
+        job = self.store.get(job_id)
+        if not (job.delivery and job.delivery.webhook_url):
+            return
         url = job.delivery.webhook_url
-
-        def send() -> None:
-            self.store.set_webhook(job_id, send_webhook(url, payload, secret, self.settings))
-
-        thread = threading.Thread(target=send, name=f"webhook-{job_id[:8]}", daemon=True)
+        secret = webhook_secret(self.settings, self.data_dir)
+        if job.delivery.webhook_events == "all":
+            with self._wake:
+                if job_id in self._followed:
+                    return
+                self._followed.add(job_id)
+            target = lambda: self._follow_events(job_id, url, secret)  # noqa: E731
+        elif job.status.is_terminal():
+            payload = self._terminal_payload(job_id)
+            target = lambda: self.store.set_webhook(  # noqa: E731
+                job_id, send_webhook(url, payload, secret, self.settings)
+            )
+        else:
+            return
+        thread = threading.Thread(target=target, name=f"webhook-{job_id[:8]}", daemon=True)
         self._webhooks.append(thread)
         thread.start()
+
+    def _follow_events(self, job_id: str, url: str, secret: bytes) -> None:
+        job = self.store.get(job_id)
+        since = (job.webhook.last_seq or 0) if job.webhook else 0
+        failed = job.webhook.events_failed if job.webhook else 0
+        while True:
+            for event in self.store.events(job_id, since):
+                since = event.seq
+                if event.type == "status" and JobStatus(event.data["status"]).is_terminal():
+                    outcome = send_webhook(
+                        url, self._terminal_payload(job_id), secret, self.settings
+                    )
+                    self.store.set_webhook(
+                        job_id,
+                        outcome.model_copy(update={"last_seq": since, "events_failed": failed}),
+                    )
+                    return
+                # Progress is not worth a retry: the next event supersedes it.
+                payload = {
+                    "job_id": job_id,
+                    "kind": job.kind,
+                    "event": event.model_dump(mode="json"),
+                }
+                sent = send_webhook(url, payload, secret, self.settings, retry=False)
+                failed += not sent.ok
+                self.store.set_webhook(
+                    job_id, sent.model_copy(update={"last_seq": since, "events_failed": failed})
+                )
+            if self._closing.is_set():
+                return  # the next start follows on from `last_seq`
+            time.sleep(0.1)
 
     # -- scheduling -----------------------------------------------------------------------------
 

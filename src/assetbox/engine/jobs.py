@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -71,15 +71,24 @@ class Delivery(BaseModel):
     webhook_url: str | None = Field(
         default=None, description="POSTed the job's terminal event, signed (HMAC-SHA256)"
     )
+    webhook_events: Literal["terminal", "all"] = Field(
+        default="terminal",
+        description="`all`: every event is POSTed too, in order (each once, no retries); the "
+        "terminal one is retried with backoff either way",
+    )
     upload_urls: list[str] = Field(default_factory=list)
 
 
 class WebhookOutcome(BaseModel):
+    """The terminal POST's outcome; with `webhook_events: all`, also how far the events got."""
+
     url: str
     ok: bool
     attempts: int
     status: int | None = None
     error: str | None = None
+    last_seq: int | None = Field(default=None, description="last event POSTed (all events)")
+    events_failed: int = 0
 
 
 class Job(BaseModel):

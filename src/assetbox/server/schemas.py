@@ -17,21 +17,20 @@ from assetbox.engine.jobs import (
 )
 from assetbox.engine.upscale import UpscaleOptions
 
+DELIVERY_FIELDS = {"response_format", "webhook_url", "webhook_events", "upload_urls"}
 
-class UpscaleCreate(BaseModel):
-    """``POST /v1/upscale`` as JSON; the image is base64 (a ``data:`` URL prefix is fine)."""
+
+class JobCreate(BaseModel):
+    """The fields every job request has besides its kind's own: how results come back."""
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(description="base64 of a PNG, JPEG or WebP, or an http(s) URL of one")
-    model: str | None = None
-    scale: int | None = Field(default=None, ge=1, le=8)
-    tile: int | None = Field(default=None, ge=0)
-    overlap: int | None = Field(default=None, ge=0)
-    format: Literal["png", "jpeg", "webp"] | None = None
     response_format: Literal["url", "b64"] = "url"
     webhook_url: str | None = Field(
         default=None, description="POSTed the terminal event, signed (X-Assetbox-Signature)"
+    )
+    webhook_events: Literal["terminal", "all"] = Field(
+        default="terminal", description="`all`: every progress and status event is POSTed too"
     )
     upload_urls: list[str] = Field(
         default_factory=list, description="one per output: each output is PUT there"
@@ -40,13 +39,26 @@ class UpscaleCreate(BaseModel):
     def delivery(self) -> dict | None:
         if self.webhook_url is None and not self.upload_urls:
             return None
-        return {"webhook_url": self.webhook_url, "upload_urls": self.upload_urls}
+        return {
+            "webhook_url": self.webhook_url,
+            "webhook_events": self.webhook_events,
+            "upload_urls": self.upload_urls,
+        }
+
+
+class UpscaleCreate(JobCreate):
+    """``POST /v1/upscale`` as JSON; the image is base64 (a ``data:`` URL prefix is fine)."""
+
+    image: str = Field(description="base64 of a PNG, JPEG or WebP, or an http(s) URL of one")
+    model: str | None = None
+    scale: int | None = Field(default=None, ge=1, le=8)
+    tile: int | None = Field(default=None, ge=0)
+    overlap: int | None = Field(default=None, ge=0)
+    format: Literal["png", "jpeg", "webp"] | None = None
 
     def options(self) -> dict:
         """The engine request's fields (without the image), defaults left to the engine."""
-        fields = self.model_dump(
-            exclude={"image", "response_format", "webhook_url", "upload_urls"}, exclude_none=True
-        )
+        fields = self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)
         UpscaleOptions(**fields)  # the engine's own validation, before anything is stored
         return fields
 
