@@ -25,6 +25,11 @@ models_app = typer.Typer(
     help="The model store: list, import and remove models.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+jobs_app = typer.Typer(
+    help="Jobs on a server (--server or ASSETBOX_SERVER_URL): list, show, cancel.",
+    no_args_is_help=True,
+)
+app.add_typer(jobs_app, name="jobs")
 
 err = Console(stderr=True)
 
@@ -77,17 +82,16 @@ def upscale(
     engine: Annotated[str, typer.Option(help="auto, torch or ncnn.")] = "auto",
     alpha: Annotated[str, typer.Option(help="Alpha upscaling: model or lanczos.")] = "model",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 95,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the job on this assetbox server (http://HOST:PORT) instead of in this "
+            "process. [default: ASSETBOX_SERVER_URL]"
+        ),
+    ] = None,
 ) -> None:
     """Upscale an image with a Real-ESRGAN-class model (built-in models need no download)."""
     from pydantic import ValidationError
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from assetbox.config import get_settings
     from assetbox.engine.engine import Engine
@@ -120,6 +124,23 @@ def upscale(
         except ValidationError as exc:
             raise InvalidInput.from_validation(exc) from exc
 
+        # The same command again picks up the same job: after a crash it resumes, and
+        # units already done are not computed again.
+        key = (
+            "cli-upscale:"
+            + hashlib.sha256(
+                json.dumps(options, sort_keys=True).encode() + hashlib.sha256(data).digest()
+            ).hexdigest()
+        )
+        show = err.is_terminal
+        server = server or get_settings().server_url
+        if server:
+            job_id, result, size = _run_remote(server, "upscale", data, options, key, show)
+            write_atomically(output, result)
+            if show:
+                err.print(f"wrote {output} ({size[0]}x{size[1]}, job {job_id})", highlight=False)
+            return
+
         from assetbox.models.builtin import ensure_upscaler
 
         settings = get_settings().model_copy(update={"executor": "local", "workers": 1})
@@ -131,26 +152,10 @@ def upscale(
         try:
             blob = job_engine.put_blob(data)
             request = {"image": blob, **options}
-            # The same command again picks up the same job: after a crash it resumes, and
-            # units already done are not computed again.
-            key = (
-                "cli-upscale:"
-                + hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-            )
             job = job_engine.submit("upscale", request, idempotency_key=key)
             if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 job = job_engine.submit("upscale", request)  # try again, not the old outcome
-            show = err.is_terminal
-            with Progress(
-                TextColumn("[bold]upscaling"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("units"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                disable=not show,
-            ) as bar:
+            with _progress("upscaling", show) as bar:
                 task = bar.add_task("upscale", total=None)
                 while not job.status.is_terminal():
                     job = job_engine.wait(job.id, timeout=0.25)
@@ -175,6 +180,81 @@ def upscale(
 
 
 _INPUT_CODES = {"invalid_input", "image_too_large", "unsupported_format", "not_found"}
+
+
+def _progress(label: str, show: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("units"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+    )
+
+
+def _client(server: str | None = None):
+    """The HTTP client for `server` (or ASSETBOX_SERVER_URL), with ASSETBOX_API_KEY."""
+    from assetbox.client import Client
+    from assetbox.config import get_settings
+
+    settings = get_settings()
+    url = server or settings.server_url
+    if not url:
+        raise InvalidInput(
+            "no server: pass --server http://HOST:PORT or set ASSETBOX_SERVER_URL", field="server"
+        )
+    return Client(url, api_key=settings.api_key)
+
+
+def _api_error(exc) -> AssetboxError:
+    """An API error answer as the CLI's error (exit code 2 for bad input, 1 otherwise)."""
+    if exc.status in (404, 409, 413, 422):
+        return InvalidInput(exc.message, field=exc.field)
+    return AssetboxError(f"the server answered {exc.status} {exc.code}: {exc.message}")
+
+
+def _run_remote(
+    server: str, kind: str, data: bytes, options: dict, key: str, show: bool
+) -> tuple[str, bytes, tuple[int, int]]:
+    """Submit a job to a server, follow its events with a progress bar, return its output."""
+    import httpx
+
+    from assetbox.client import ApiError
+
+    try:
+        with _client(server) as api:
+            job = api.submit(kind, data, idempotency_key=key, **options)
+            if job["status"] in ("failed", "cancelled"):
+                job = api.submit(kind, data, **options)  # try again, not the old outcome
+            with _progress(kind, show) as bar:
+                task = bar.add_task(kind, total=None)
+                for event in api.events(job["id"]):
+                    progress = event.get("data", {})
+                    if event.get("type") == "progress" and progress.get("total"):
+                        bar.update(task, completed=progress["done"], total=progress["total"])
+            job = api.job(job["id"])
+            if job["status"] != "succeeded":
+                error = job.get("error") or {"code": job["status"], "message": job["status"]}
+                cls = InvalidInput if error["code"] in _INPUT_CODES else AssetboxError
+                raise cls(error["message"])
+            output = job["outputs"][0]
+            return job["id"], api.output(job["id"], 0), (output["width"], output["height"])
+    except ApiError as exc:
+        raise _api_error(exc) from exc
+    except httpx.HTTPError as exc:
+        raise AssetboxError(f"cannot reach {server}: {exc}") from exc
 
 
 @app.command("serve")
@@ -256,6 +336,73 @@ def models_import(
     except AssetboxError as exc:
         raise _fail(exc) from exc
     typer.echo(f"imported {manifest.id}: {manifest.architecture} x{manifest.scale}")
+
+
+ServerOption = Annotated[
+    str | None, typer.Option(help="The server (http://HOST:PORT). [default: ASSETBOX_SERVER_URL]")
+]
+
+
+def _call(server: str | None, call):
+    """Run `call(client)` against the server, with API errors as CLI errors."""
+    import httpx
+
+    from assetbox.client import ApiError
+
+    try:
+        with _client(server) as api:
+            return call(api)
+    except ApiError as exc:
+        raise _fail(_api_error(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise _fail(AssetboxError(f"cannot reach the server: {exc}")) from exc
+    except AssetboxError as exc:
+        raise _fail(exc) from exc
+
+
+@jobs_app.command("list")
+def jobs_list(
+    server: ServerOption = None,
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, ...")] = None,
+    kind: Annotated[str | None, typer.Option(help="upscale, generate, edit, ...")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
+) -> None:
+    """The newest jobs on the server."""
+    from rich.table import Table
+
+    filters = {k: v for k, v in {"status": status, "kind": kind, "limit": limit}.items() if v}
+    jobs = _call(server, lambda api: api.jobs(**filters))
+    table = Table()
+    for column in ("id", "kind", "status", "progress", "created", "error"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        progress = job.get("progress") or {}
+        table.add_row(
+            job["id"],
+            job["kind"],
+            job["status"],
+            f"{progress.get('done', 0)}/{progress.get('total', 0)}",
+            job["created_at"][:19].replace("T", " "),
+            (job.get("error") or {}).get("message", ""),
+        )
+    Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None).print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")], server: ServerOption = None
+) -> None:
+    """A job as JSON (status, progress, outputs with their URLs, error)."""
+    typer.echo(json.dumps(_call(server, lambda api: api.job(job_id)), indent=2))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")], server: ServerOption = None
+) -> None:
+    """Cancel a job (a running one stops between steps)."""
+    job = _call(server, lambda api: api.cancel(job_id))
+    typer.echo(f"{job['id']} {job['status']}")
 
 
 @app.command("tiles")

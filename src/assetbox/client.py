@@ -65,25 +65,31 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self._json(self._http.get("/health"))
 
-    def upscale(
+    def submit(
         self,
-        image: bytes | str,
+        kind: str,
+        image: bytes | str | None = None,
         *,
         wait: float | None = None,
         idempotency_key: str | None = None,
-        **options: Any,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """Submit an upscale of image bytes (or an http(s) URL); `options` are the request's
-        fields (model, scale, tile, overlap, format, response_format)."""
-        payload = {"image": image if isinstance(image, str) else base64.b64encode(image).decode()}
+        """Submit a job of `kind` (``POST /v1/<kind>``): `image` as bytes (sent as base64) or an
+        http(s) URL, `fields` as the request's other fields. Returns the job."""
+        payload = dict(fields)
+        if image is not None:
+            payload["image"] = image if isinstance(image, str) else base64.b64encode(image).decode()
         headers = {}
         if wait:
             headers["Prefer"] = f"wait={wait:g}"
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        return self._json(
-            self._http.post("/v1/upscale", json={**payload, **options}, headers=headers)
-        )
+        return self._json(self._http.post(f"/v1/{kind}", json=payload, headers=headers))
+
+    def upscale(self, image: bytes | str, **options: Any) -> dict[str, Any]:
+        """Submit an upscale; `options` are the request's fields (model, scale, tile, overlap,
+        format, response_format, webhook_url, ...) plus `wait` and `idempotency_key`."""
+        return self.submit("upscale", image, **options)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))

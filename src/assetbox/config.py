@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         "recently used idle model is evicted past it. Default: 85% of a GPU's memory, or half "
         "of the machine's RAM on CPU.",
     )
+    server_url: str | None = Field(
+        default=None,
+        description="CLI: send jobs to this assetbox server (e.g. http://gpu-box:7000) instead "
+        "of running them in the CLI's own process.",
+    )
+    api_key: str | None = Field(default=None, description="CLI: the API key for `server_url`.")
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
 
 

@@ -96,3 +96,66 @@ def test_serve_submit_follow_download_kill_and_resume(builtin_store, tmp_path: P
     finally:
         server.kill()
         server.wait()
+
+
+def test_cli_runs_jobs_on_a_server_through_the_client(builtin_store, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from assetbox.cli import app
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_store.root, data_dir / "models")
+    port = free_port()
+    server_url = f"http://127.0.0.1:{port}"
+    server = start_server(data_dir, port)
+    runner = CliRunner()
+    try:
+        source = tmp_path / "in.png"
+        source.write_bytes(encode_pil(np.ascontiguousarray(photo("chelsea")[:40, :56])))
+        out = tmp_path / "out.png"
+        args = ["upscale", str(source), "-o", str(out), "--model", "realesr-animevideov3-x2"]
+        result = runner.invoke(app, [*args, "--server", server_url])
+        assert result.exit_code == 0, result.output
+        assert Image.open(out).size == (112, 80)
+        # Nothing ran in this process: the job is the server's.
+        listed = runner.invoke(app, ["jobs", "list", "--server", server_url])
+        assert listed.exit_code == 0 and "succeeded" in listed.output
+        (job,) = httpx.get(f"{server_url}/v1/jobs").json()["data"]
+        shown = runner.invoke(app, ["jobs", "show", job["id"], "--server", server_url])
+        assert json.loads(shown.output)["outputs"][0]["width"] == 112
+        # The same command again is the same job (idempotency key), not a second one.
+        out.unlink()
+        again = runner.invoke(app, [*args, "--server", server_url])
+        assert again.exit_code == 0 and Image.open(out).size == (112, 80)
+        assert len(httpx.get(f"{server_url}/v1/jobs").json()["data"]) == 1
+        # Errors from the server come back naming the field, with nothing written.
+        bad = runner.invoke(
+            app,
+            [
+                "upscale",
+                str(source),
+                "-o",
+                str(tmp_path / "x.png"),
+                "--server",
+                server_url,
+                "--model",
+                "no-such-model",
+            ],
+        )
+        assert bad.exit_code in (1, 2) and "no-such-model" in bad.output
+        assert not (tmp_path / "x.png").exists()
+        missing = runner.invoke(app, ["jobs", "show", "nope", "--server", server_url])
+        assert missing.exit_code == 2 and "nope" in missing.output
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_cli_without_a_reachable_server_says_so(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from assetbox.cli import app
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, ["jobs", "list", "--server", url])
+    assert result.exit_code == 1 and "cannot reach" in result.output

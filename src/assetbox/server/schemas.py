@@ -46,21 +46,14 @@ class JobCreate(BaseModel):
         }
 
 
-class UpscaleCreate(JobCreate):
+class UpscaleCreate(JobCreate, UpscaleOptions):
     """``POST /v1/upscale`` as JSON; the image is base64 (a ``data:`` URL prefix is fine)."""
 
     image: str = Field(description="base64 of a PNG, JPEG or WebP, or an http(s) URL of one")
-    model: str | None = None
-    scale: int | None = Field(default=None, ge=1, le=8)
-    tile: int | None = Field(default=None, ge=0)
-    overlap: int | None = Field(default=None, ge=0)
-    format: Literal["png", "jpeg", "webp"] | None = None
 
     def options(self) -> dict:
-        """The engine request's fields (without the image), defaults left to the engine."""
-        fields = self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)
-        UpscaleOptions(**fields)  # the engine's own validation, before anything is stored
-        return fields
+        """The engine request's fields (without the image)."""
+        return self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)
 
 
 class OutputPublic(BaseModel):

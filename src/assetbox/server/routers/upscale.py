@@ -81,10 +81,7 @@ async def create_upscale(
 ) -> JSONResponse:
     """Queue an upscale; with ``Prefer: wait=N`` wait up to N seconds for it to finish."""
     body, data = await _read_request(request)
-    try:
-        options = body.options()
-    except ValidationError as exc:
-        raise InvalidInput.from_validation(exc, default_field="body") from exc
+    options = body.options()
     probe_image(data, field="image")  # refuse bad images and bombs before queueing
 
     def submit():
