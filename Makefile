@@ -9,6 +9,9 @@ TORCH_PIP_ARGS ?=
 TORCH_VERSION := 2.13.0
 TORCHVISION_VERSION := 0.28.0
 SPANDREL_VERSION := 0.4.2
+# Only for CLIP's BPE merge list (assetbox.models.tokenizers); its torchvision requirement is not
+# wanted, as for spandrel.
+OPEN_CLIP_VERSION := 3.3.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
 .PHONY: install serve test lint format bench clean
@@ -33,9 +36,12 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -W ignore -c "import torch; torch.version.cuda is None or print('WARNING: torch', \
 			torch.__version__, 'is a CUDA build; set TORCH_PIP_ARGS to an index with CPU builds')"; \
 	fi 2>&1 | grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
+	$(PIP) install -q --no-deps "open-clip-torch==$(OPEN_CLIP_VERSION)" 2>&1 \
+		| grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
 	# pip's resolver warns that spandrel's torchvision is missing: on CPU machines that is intended.
 	$(PIP) install -q -e ".[dev]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
-		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision"; exit $${PIPESTATUS[0]}
+		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
+		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
 	touch $(STAMP)
 
 # The service on embedded defaults (127.0.0.1:7000; OpenAPI at /docs).

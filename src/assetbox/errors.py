@@ -50,9 +50,14 @@ class UnsupportedFormat(InvalidInput):
 
 
 class NotFound(AssetboxError):
-    """A job, model or output with that id does not exist."""
+    """A job, model or output with that id does not exist; `field` names the request field that
+    referred to it (e.g. ``model`` or ``loras.0.name``) when known."""
 
     code = "not_found"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Conflict(AssetboxError):

@@ -1,7 +1,9 @@
 """The model store: one folder per model under ``<data_dir>/models/<kind>s/<id>/``.
 
-Each folder holds ``manifest.json`` and the weights (``model.safetensors``; models that came in
-ncnn format also keep ``model.param``/``model.bin`` for the ncnn engine). A model is added by
+Each folder holds ``manifest.json`` and the weights. Upscalers: ``model.safetensors`` (models that
+came in ncnn format also keep ``model.param``/``model.bin`` for the ncnn engine). Checkpoints and
+ControlNets: a diffusers folder under ``diffusers/``, or a single ``model.safetensors`` with the
+diffusers config it loads with under ``config/``. LoRAs: ``model.safetensors``. A model is added by
 building its folder under ``models/.staging/`` and renaming it into place, so a crash or a refused
 import never leaves a half-written model in the store.
 """
@@ -24,8 +26,11 @@ from pydantic import BaseModel, Field
 
 from assetbox.errors import Conflict, InvalidInput, NotFound
 
-ModelKind = Literal["upscaler"]
-KINDS: tuple[ModelKind, ...] = ("upscaler",)
+ModelKind = Literal["upscaler", "checkpoint", "lora", "controlnet"]
+KINDS: tuple[ModelKind, ...] = ("upscaler", "checkpoint", "lora", "controlnet")
+Family = Literal["sd15", "sdxl", "flux1"]
+FAMILIES: tuple[Family, ...] = ("sd15", "sdxl", "flux1")
+Layout = Literal["diffusers", "single_file"]
 Engine = Literal["torch", "ncnn"]
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 WEIGHTS_FILE = "model.safetensors"
@@ -38,16 +43,23 @@ class ModelManifest(BaseModel):
 
     id: str
     kind: ModelKind
-    architecture: str = Field(description="spandrel's architecture id, e.g. ESRGAN or Compact")
-    scale: int = Field(description="native output scale")
-    network_scale: int = Field(description="scale of the network before any post-resize")
+    architecture: str = Field(
+        description="upscalers: spandrel's architecture id (ESRGAN, Compact); diffusion models: "
+        "the diffusers class (StableDiffusionXLPipeline, ControlNetModel, ...) or 'lora'"
+    )
+    family: Family | None = Field(default=None, description="diffusion models: sd15, sdxl, flux1")
+    layout: Layout | None = Field(
+        default=None, description="checkpoints and ControlNets: a diffusers folder or one file"
+    )
+    scale: int = Field(default=1, description="upscalers: native output scale")
+    network_scale: int = Field(default=1, description="upscalers: scale before any post-resize")
     post_resize: float | None = Field(
         default=None, description="bicubic factor applied after the network (ncnn x2/x3 files)"
     )
-    context: int = Field(description="input pixels of context a tile needs on each side")
-    engines: list[Engine] = Field(description="engines that can run it")
+    context: int = Field(default=0, description="input pixels of context a tile needs each side")
+    engines: list[Engine] = Field(default_factory=lambda: ["torch"])
     source: str
-    sha256: str = Field(description="of model.safetensors")
+    sha256: str = Field(description="of the weights (all weight files, in name order)")
     size: int = Field(description="bytes on disk, all files")
     added: datetime
 
@@ -104,27 +116,40 @@ class ModelStore:
     def exists(self, model_id: str, kind: ModelKind = "upscaler") -> bool:
         return (self.path(model_id, kind) / "manifest.json").is_file()
 
-    def get(self, model_id: str, kind: ModelKind = "upscaler") -> ModelManifest:
+    def get(
+        self, model_id: str, kind: ModelKind = "upscaler", *, field: str = "model"
+    ) -> ModelManifest:
         """The manifest of a model.
 
         Raises:
             InvalidInput: a malformed id.
-            NotFound: no such model in the store.
+            NotFound: no such model in the store (naming `field`).
         """
         manifest_path = self.path(model_id, kind) / "manifest.json"
         if not manifest_path.is_file():
             known = ", ".join(m.id for m in self.list(kind)) or "none"
-            raise NotFound(f"no {kind} {model_id!r} in the store (available: {known})")
+            raise NotFound(f"no {kind} {model_id!r} in the store (available: {known})", field=field)
         return ModelManifest.model_validate_json(manifest_path.read_text())
 
-    def remove(self, model_id: str, kind: ModelKind = "upscaler") -> ModelManifest:
-        """Delete a model's folder; returns its manifest.
+    def find(self, model_id: str) -> ModelManifest:
+        """A model of any kind by id (ids may repeat across kinds: the first kind wins).
+
+        Raises:
+            NotFound: no model of any kind has this id.
+        """
+        for kind in KINDS:
+            if self.exists(model_id, kind):
+                return self.get(model_id, kind)
+        raise NotFound(f"no model {model_id!r} in the store", field="model_id")
+
+    def remove(self, model_id: str, kind: ModelKind | None = None) -> ModelManifest:
+        """Delete a model's folder (of `kind`, or of whichever kind has the id).
 
         Raises:
             NotFound: no such model.
         """
-        manifest = self.get(model_id, kind)
-        folder = self.path(model_id, kind)
+        manifest = self.get(model_id, kind) if kind else self.find(model_id)
+        folder = self.path(model_id, manifest.kind)
         # Rename first so that a reader never sees a half-deleted folder.
         trash = self.root / ".staging" / f"rm-{uuid.uuid4().hex}"
         trash.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +173,10 @@ class ModelStore:
         Raises:
             Conflict: a model with that id already exists.
         """
-        for path in staged.iterdir():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
+        for path in staged.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as handle:
+                    os.fsync(handle.fileno())
         manifest_path = staged / "manifest.json"
         manifest_path.write_text(manifest.model_dump_json(indent=2) + "\n")
         target = self.path(manifest.id, manifest.kind)

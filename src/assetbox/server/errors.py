@@ -54,7 +54,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AssetboxError)
     async def assetbox_error(request: Request, exc: AssetboxError) -> JSONResponse:
-        field = exc.field if isinstance(exc, InvalidInput) else None
+        field = getattr(exc, "field", None)
         headers = {}
         if isinstance(exc, QueueFull):
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))

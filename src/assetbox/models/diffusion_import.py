@@ -1,0 +1,142 @@
+"""Importing diffusion models into the store: checkpoints, ControlNets and LoRAs.
+
+A diffusers folder is copied (its JSON configs, tokenizer files and ``.safetensors`` weights;
+nothing else). A single-file checkpoint is copied with the diffusers config folder it loads with:
+the one it carries in its metadata (``assetbox.diffusers_config``, as the tiny test models do),
+else the family's config shipped with assetbox plus CLIP tokenizer files derived from CLIP's merge
+list. So loading never reaches a hub. Pickles are refused; a refused import leaves the store as it
+was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+from assetbox.errors import UnsupportedFormat
+from assetbox.models.families import CONFIG_METADATA_KEY, Detected, detect, read_header
+from assetbox.models.store import Family, ModelManifest, ModelStore, now, validate_model_id
+from assetbox.models.tokenizers import write_clip_tokenizer
+
+Progress = Callable[[str], None]
+DIFFUSERS_DIR = "diffusers"
+CONFIG_DIR = "config"
+WEIGHTS_FILE = "model.safetensors"
+# What a diffusers folder may bring into the store: configs, tokenizers, safe weights.
+_KEEP = (".json", ".safetensors", ".txt", ".model")
+
+
+def default_id(path: Path) -> str:
+    name = path.name if path.is_dir() else path.stem
+    return validate_model_id(name.lower().replace(" ", "-"), field="id")
+
+
+def import_diffusion(
+    store: ModelStore,
+    path: Path,
+    *,
+    model_id: str | None = None,
+    source: str | None = None,
+    progress: Progress | None = None,
+    detected: Detected | None = None,
+) -> ModelManifest:
+    """Import a checkpoint, ControlNet or LoRA; returns its manifest.
+
+    Raises:
+        InvalidInput: a bad id.
+        UnsupportedFormat: not a supported diffusion model (the reason is in the message).
+        Conflict: the id is taken.
+    """
+    say = progress or (lambda message: None)
+    path = Path(path)
+    detected = detected or detect(path)
+    model_id = validate_model_id(model_id or default_id(path))
+    with store.lock(), store.staging() as staged:
+        say(f"importing {path.name} ({detected.family} {detected.kind}) as {model_id}")
+        if detected.layout == "diffusers":
+            target = staged / DIFFUSERS_DIR
+            shutil.copytree(
+                path,
+                target,
+                ignore=lambda folder, names: [
+                    n
+                    for n in names
+                    if not (Path(folder, n).is_dir() or n.lower().endswith(_KEEP))
+                    or n.startswith(".")
+                ],
+            )
+            weights = sorted(target.rglob("*.safetensors"))
+        else:
+            shutil.copyfile(path, staged / WEIGHTS_FILE)
+            weights = [staged / WEIGHTS_FILE]
+            if detected.kind == "checkpoint":
+                write_config(staged / CONFIG_DIR, staged / WEIGHTS_FILE, detected.family)
+        manifest = ModelManifest(
+            id=model_id,
+            kind=detected.kind,
+            architecture=detected.architecture,
+            family=detected.family,
+            layout=detected.layout if detected.kind != "lora" else None,
+            source=source or f"import of {path.name}",
+            sha256=_sha256_files(weights),
+            size=sum(p.stat().st_size for p in staged.rglob("*") if p.is_file()),
+            added=now(),
+        )
+        return store.commit(staged, manifest)
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_config(folder: Path, weights: Path, family: Family) -> None:
+    """The diffusers config folder a single-file checkpoint loads with (see the module doc)."""
+    embedded = read_header(weights).metadata.get(CONFIG_METADATA_KEY)
+    if embedded is not None:
+        _write_embedded(folder, embedded)
+        return
+    shipped = resources.files("assetbox.models") / "configs" / family
+    if not shipped.is_dir():
+        raise UnsupportedFormat(
+            f"no shipped config for single-file {family} checkpoints", field="path"
+        )
+    with resources.as_file(shipped) as source:
+        shutil.copytree(source, folder)
+    write_clip_tokenizer(folder / "tokenizer")
+    if (folder / "text_encoder_2").is_dir():
+        write_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
+
+
+def _write_embedded(folder: Path, embedded: str) -> None:
+    try:
+        files = json.loads(embedded)
+        assert isinstance(files, dict)
+    except (ValueError, AssertionError) as exc:
+        raise UnsupportedFormat(
+            f"the checkpoint's {CONFIG_METADATA_KEY} metadata is not a JSON object", field="path"
+        ) from exc
+    for name, text in files.items():
+        relative = PurePosixPath(name)
+        if (
+            relative.is_absolute()
+            or ".." in relative.parts
+            or not name.endswith((".json", ".txt"))
+            or not isinstance(text, str)
+        ):
+            raise UnsupportedFormat(
+                f"the checkpoint's {CONFIG_METADATA_KEY} names a file {name!r} that may not be "
+                "written",
+                field="path",
+            )
+        target = folder.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)

@@ -1,0 +1,266 @@
+"""What a diffusion model file or folder is, from headers and configs alone (no weights loaded).
+
+A checkpoint is a diffusers folder (``model_index.json``) or one ``.safetensors`` file in the
+original Stability layout; a ControlNet is a diffusers folder (``config.json``); a LoRA is one
+``.safetensors`` file in the kohya or the diffusers/peft layout. The family (sd15, sdxl, flux1)
+comes from metadata when the file has it (``modelspec.architecture``, kohya's
+``ss_base_model_version``), else from key names and shapes:
+
+- sd15: single file ``cond_stage_model.transformer.*`` (CLIP-L); LoRA ``lora_te_*``, or only
+  ``text_encoder.*``, or a cross-attention width of 768.
+- sdxl: single file ``conditioner.embedders.1.model.*`` (OpenCLIP-G); LoRA ``lora_te1_*`` /
+  ``lora_te2_*``, ``text_encoder_2.*``, or a cross-attention width of 2048.
+- flux1: single file ``double_blocks.*`` (transformer only, refused: import the diffusers folder);
+  LoRA ``transformer.*``, ``lora_transformer_*`` or ``double_blocks``.
+
+Pickles (``.ckpt``, ``.pt``, ``.bin``) are refused: loading them runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from assetbox.errors import UnsupportedFormat
+from assetbox.models.store import Family, ModelKind
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+# diffusers pipeline / model class → family
+PIPELINE_FAMILIES: dict[str, Family] = {
+    "StableDiffusionPipeline": "sd15",
+    "StableDiffusionImg2ImgPipeline": "sd15",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "FluxPipeline": "flux1",
+    "FluxImg2ImgPipeline": "flux1",
+}
+FAMILY_PIPELINES: dict[Family, str] = {
+    "sd15": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "flux1": "FluxPipeline",
+}
+_MODELSPEC = {  # modelspec.architecture prefixes (Stability's model metadata standard)
+    "stable-diffusion-v1": "sd15",
+    "stable-diffusion-xl-v1-base": "sdxl",
+    "flux-1": "flux1",
+}
+_KOHYA_BASE = {"sd_v1": "sd15", "sdxl_base_v1-0": "sdxl", "sdxl_base_v0-9": "sdxl"}
+CONFIG_METADATA_KEY = "assetbox.diffusers_config"
+
+
+@dataclass(frozen=True)
+class Detected:
+    kind: ModelKind
+    family: Family
+    layout: str  # "diffusers" or "single_file" ("single_file" for every LoRA)
+    architecture: str  # the diffusers class, or "lora"
+
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors file's tensor names, shapes and metadata (read without the tensors)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    metadata: dict[str, str]
+
+    def has_prefix(self, *prefixes: str) -> bool:
+        return any(key.startswith(prefixes) for key in self.shapes)
+
+
+def read_header(path: Path, *, field: str = "path") -> Header:
+    """Raises UnsupportedFormat for anything that is not a readable safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
+            metadata = dict(handle.metadata() or {})
+    except Exception as exc:  # safetensors raises untyped errors for bad headers
+        raise UnsupportedFormat(
+            f"{path.name} is not a readable safetensors file: {exc}", field=field
+        ) from exc
+    return Header(shapes, metadata)
+
+
+def refuse_pickle(path: Path, *, field: str = "path") -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UnsupportedFormat(
+            f"{path.name} is a pickle ({path.suffix}): loading it could run code, so it is "
+            "refused; convert it to .safetensors",
+            field=field,
+        )
+
+
+def _family_from_metadata(metadata: dict[str, str]) -> Family | None:
+    spec = metadata.get("modelspec.architecture", "")
+    for prefix, family in _MODELSPEC.items():
+        if spec.startswith(prefix):
+            return family  # type: ignore[return-value]
+    base = metadata.get("ss_base_model_version", "")
+    return _KOHYA_BASE.get(base)  # type: ignore[return-value]
+
+
+def detect(path: Path, *, field: str = "path") -> Detected:
+    """What `path` is: a checkpoint, ControlNet or LoRA, of which family.
+
+    Raises:
+        UnsupportedFormat: pickles, unreadable files, and models of another kind or family
+            (SD 2.x, SDXL refiner, inpainting, single-file Flux), with the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _detect_folder(path, field)
+    if not path.is_file():
+        raise UnsupportedFormat(f"`{field}` {str(path)!r} does not exist", field=field)
+    refuse_pickle(path, field=field)
+    if path.suffix.lower() != ".safetensors":
+        raise UnsupportedFormat(
+            f"`{field}` must be a diffusers folder or a .safetensors file, not {path.name!r}",
+            field=field,
+        )
+    header = read_header(path, field=field)
+    if _is_lora(header):
+        return Detected("lora", _lora_family(header, path, field), "single_file", "lora")
+    family = _checkpoint_family(header, path, field)
+    return Detected("checkpoint", family, "single_file", FAMILY_PIPELINES[family])
+
+
+def _detect_folder(path: Path, field: str) -> Detected:
+    pickles = [p.name for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
+    index = path / "model_index.json"
+    config = path / "config.json"
+    if index.is_file():
+        data = _json(index, field)
+        name = str(data.get("_class_name", ""))
+        family = PIPELINE_FAMILIES.get(name)
+        if family is None:
+            raise UnsupportedFormat(
+                f"{path.name} is a {name or 'unknown'} folder; supported: "
+                f"{', '.join(sorted(set(PIPELINE_FAMILIES)))}",
+                field=field,
+            )
+        if family == "sd15":
+            text = _json(path / "text_encoder" / "config.json", field)
+            if text.get("hidden_size") == 1024:
+                raise UnsupportedFormat(
+                    f"{path.name} is Stable Diffusion 2.x, which is not supported yet", field=field
+                )
+        kind: ModelKind = "checkpoint"
+    elif config.is_file():
+        data = _json(config, field)
+        name = str(data.get("_class_name", ""))
+        if name == "FluxControlNetModel":
+            family = "flux1"
+        elif name == "ControlNetModel":
+            family = "sdxl" if data.get("addition_embed_type") == "text_time" else "sd15"
+        else:
+            raise UnsupportedFormat(
+                f"{path.name} holds a {name or 'unknown'} model, not a checkpoint or ControlNet",
+                field=field,
+            )
+        kind = "controlnet"
+    else:
+        raise UnsupportedFormat(
+            f"{path.name} has neither model_index.json (a diffusers checkpoint) nor config.json "
+            "(a diffusers ControlNet)",
+            field=field,
+        )
+    if pickles:
+        raise UnsupportedFormat(
+            f"{path.name} holds pickled weights ({', '.join(sorted(pickles)[:3])}): loading "
+            "them could run code; save the model with safe_serialization (safetensors)",
+            field=field,
+        )
+    if not any(path.rglob("*.safetensors")):
+        raise UnsupportedFormat(f"{path.name} has no .safetensors weights", field=field)
+    return Detected(kind, family, "diffusers", name)
+
+
+def _json(path: Path, field: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UnsupportedFormat(f"cannot read {path.name}: {exc}", field=field) from exc
+    if not isinstance(data, dict):
+        raise UnsupportedFormat(f"{path.name} is not a JSON object", field=field)
+    return data
+
+
+# -- single files ------------------------------------------------------------------------------
+
+_LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down.", "lora.up.")
+
+
+def _is_lora(header: Header) -> bool:
+    return any(marker in key for key in header.shapes for marker in _LORA_MARKERS)
+
+
+def _checkpoint_family(header: Header, path: Path, field: str) -> Family:
+    if header.has_prefix("double_blocks.", "model.diffusion_model.double_blocks."):
+        raise UnsupportedFormat(
+            f"{path.name} is a single-file Flux transformer; import a Flux diffusers folder "
+            "(it has the text encoders and VAE too)",
+            field=field,
+        )
+    if not header.has_prefix("model.diffusion_model."):
+        raise UnsupportedFormat(
+            f"{path.name} is no Stable Diffusion checkpoint (no model.diffusion_model.* weights)",
+            field=field,
+        )
+    first = header.shapes.get("model.diffusion_model.input_blocks.0.0.weight", ())
+    if len(first) == 4 and first[1] != 4:
+        raise UnsupportedFormat(
+            f"{path.name} takes {first[1]} input channels (an inpainting or instruct model); "
+            "only text-to-image checkpoints are supported",
+            field=field,
+        )
+    if header.has_prefix("conditioner.embedders.1.model."):
+        return "sdxl"
+    if header.has_prefix("conditioner.embedders.0.model."):
+        raise UnsupportedFormat(
+            f"{path.name} is an SDXL refiner, which is not supported", field=field
+        )
+    if header.has_prefix("cond_stage_model.model."):
+        raise UnsupportedFormat(
+            f"{path.name} is Stable Diffusion 2.x, which is not supported yet", field=field
+        )
+    if header.has_prefix("cond_stage_model.transformer."):
+        return "sd15"
+    raise UnsupportedFormat(
+        f"{path.name}: no text encoder weights tell which Stable Diffusion it is", field=field
+    )
+
+
+_CROSS_ATTN_K = re.compile(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)\.weight$")
+
+
+def _lora_family(header: Header, path: Path, field: str) -> Family:
+    family = _family_from_metadata(header.metadata)
+    if family is not None:
+        return family
+    keys = list(header.shapes)
+    if any(
+        k.startswith(("transformer.", "lora_transformer_", "diffusion_model.double_blocks"))
+        or "double_blocks" in k
+        or "single_transformer_blocks" in k
+        for k in keys
+    ):
+        return "flux1"
+    if header.has_prefix("lora_te1_", "lora_te2_", "text_encoder_2."):
+        return "sdxl"
+    if header.has_prefix("lora_te_", "text_encoder."):
+        return "sd15"
+    # UNet only: the cross-attention width says which text encoder it was trained against.
+    widths = {header.shapes[k][-1] for k in keys if _CROSS_ATTN_K.search(k)}
+    if widths == {768}:
+        return "sd15"
+    if widths == {2048}:
+        return "sdxl"
+    raise UnsupportedFormat(
+        f"{path.name}: cannot tell which base model this LoRA is for (no metadata, no text "
+        "encoder keys, no known cross-attention width)",
+        field=field,
+    )

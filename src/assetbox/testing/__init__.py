@@ -1,0 +1,1 @@
+"""Helpers for testing assetbox without GPUs or downloaded weights (tiny random models)."""
