@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         "recently used idle model is evicted past it. Default: 85% of a GPU's memory, or half "
         "of the machine's RAM on CPU.",
     )
+    quantization: Literal["none", "int8", "fp8"] = Field(
+        default="none",
+        description="Weight quantization of diffusion models (torchao): int8 on CPU or CUDA, "
+        "fp8 on CUDA GPUs of compute capability 8.9+; refused where it cannot run.",
+    )
     server_url: str | None = Field(
         default=None,
         description="CLI: send jobs to this assetbox server (e.g. http://gpu-box:7000) instead "

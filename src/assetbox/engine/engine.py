@@ -141,6 +141,9 @@ class Engine:
             )
         except ValidationError as exc:
             raise InvalidInput.from_validation(exc) from exc
+        check = getattr(planner, "check", None)
+        if check is not None:  # what needs the store (models exist, families match)
+            check(validated, self.data_dir)
         if delivery is not None and not isinstance(delivery, Delivery):
             try:
                 delivery = Delivery.model_validate(delivery)
@@ -451,6 +454,7 @@ class Engine:
                     media_type=item.media_type,
                     width=item.width,
                     height=item.height,
+                    seed=item.seed,
                     timings_ms=item.timings_ms or {},
                 )
             )

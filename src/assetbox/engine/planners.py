@@ -45,6 +45,7 @@ class AssembledOutput:
     width: int | None = None
     height: int | None = None
     timings_ms: dict[str, float] | None = None
+    seed: int | None = None
 
 
 class Planner(Protocol):
@@ -144,9 +145,11 @@ PLANNERS: dict[str, Planner] = {SimulatePlanner.kind: SimulatePlanner()}
 def planner_for(kind: str) -> Planner:
     """Raises InvalidInput for an unknown kind."""
     if not any(k != "simulate" for k in PLANNERS):
+        from assetbox.engine.diffusion import EditPlanner, GeneratePlanner
         from assetbox.engine.upscale import UpscalePlanner  # registers the real kinds
 
-        PLANNERS.setdefault(UpscalePlanner.kind, UpscalePlanner())
+        for planner in (UpscalePlanner(), GeneratePlanner(), EditPlanner()):
+            PLANNERS.setdefault(planner.kind, planner)
     if kind not in PLANNERS:
         raise InvalidInput(
             f"`kind` must be one of {', '.join(sorted(PLANNERS))} but is {kind!r}", field="kind"

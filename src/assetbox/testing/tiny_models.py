@@ -5,7 +5,7 @@
 
 - ``tiny-<family>/``: a diffusers checkpoint folder (model_index.json, unet|transformer/, vae/,
   text_encoder(_2)/, tokenizer(_2)/, scheduler/), as ``save_pretrained`` writes real ones;
-- ``tiny-<family>.safetensors`` (sd15, sdxl): the same weights as one checkpoint in the original
+- ``tiny-<family>-single.safetensors`` (sd15, sdxl): the same weights as one checkpoint in the original
   Stability key layout (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``
   or ``conditioner.embedders.*``) with ``modelspec.architecture`` metadata and its diffusers config
   folder in ``assetbox.diffusers_config`` metadata (real checkpoints use the shipped configs);
@@ -504,7 +504,7 @@ def write(family: str, out: Path, *, controlnet: bool = False, loras: tuple[str,
     written.append(folder)
     spec = _MODELSPEC[family]
     if family != "flux1":
-        single = out / f"tiny-{family}.safetensors"
+        single = out / f"tiny-{family}-single.safetensors"
         metadata = {
             "modelspec.architecture": spec,
             "modelspec.sai_model_spec": "1.0.0",

@@ -1,0 +1,310 @@
+"""Job kinds `generate` (text to image) and `edit` (img2img, optionally with a ControlNet).
+
+One unit per prompt: its ``num_images_per_prompt`` images in one batch, image k of prompt p with
+seed ``seed + p * num_images_per_prompt + k``. A request without a seed gets a random one when it
+is validated, so the job records it, a resumed job repeats it, and outputs report it. Everything
+that needs the model store (the model exists, LoRAs and ControlNet of the same family, sizes and
+sampler valid for the family) is checked at submit, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from assetbox.engine.blobs import blob_path
+from assetbox.engine.planners import AssembledOutput, UnitContext
+from assetbox.errors import InvalidInput
+from assetbox.imaging import DecodedImage, decode_image, encode_image
+from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
+from assetbox.models.cache import files_bytes
+from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
+
+MAX_SEED = 2**32 - 1
+# Per family: default size, steps, guidance (the model makers' recommendations).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "sd15": {"size": 512, "steps": 30, "guidance": 7.0},
+    "sdxl": {"size": 1024, "steps": 30, "guidance": 5.0},
+    "flux1": {"size": 1024, "steps": 28, "guidance": 3.5},
+}
+
+
+class LoraRef(BaseModel):
+    name: str = Field(description="store id of the LoRA")
+    weight: float = Field(default=1.0, ge=-4, le=4)
+
+
+class ControlNetRef(BaseModel):
+    model: str = Field(description="store id of the ControlNet")
+    image: str | None = Field(
+        default=None, description="the control image (blob); default: the input image"
+    )
+    conditioning_scale: float = Field(default=1.0, ge=0, le=4)
+
+
+class GenerateOptions(BaseModel):
+    """A text-to-image request; `width`, `height`, `steps`, `guidance`, `sampler` default to
+    the model family's recommendations."""
+
+    model: str = Field(description="store id of a checkpoint")
+    prompts: list[str] = Field(min_length=1, max_length=64)
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    num_images_per_prompt: int = Field(default=1, ge=1, le=16)
+    width: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
+    height: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=500)
+    guidance: float | None = Field(default=None, ge=0, le=50)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    sampler: str | None = Field(default=None, description="euler, euler_a, ddim, dpmpp_2m, ...")
+    loras: list[LoraRef] = Field(default_factory=list, max_length=4)
+    format: ImageFormat = "png"
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_are_text(cls, prompts: list[str]) -> list[str]:
+        for prompt in prompts:
+            if len(prompt) > 4000:
+                raise ValueError("each prompt must be at most 4000 characters")
+        return prompts
+
+    @model_validator(mode="after")
+    def _seed_and_adapters(self):
+        if self.seed is None:  # chosen once, recorded with the job
+            self.seed = secrets.randbelow(MAX_SEED - 1024)
+        names = [lora.name for lora in self.loras]
+        if len(set(names)) != len(names):
+            raise ValueError("each LoRA may be listed once")
+        return self
+
+
+class GenerateRequest(GenerateOptions):
+    pass
+
+
+class EditOptions(GenerateOptions):
+    """img2img: `strength` says how much of the input is redrawn (1: all of it)."""
+
+    prompts: list[str] = Field(default_factory=lambda: [""], min_length=1, max_length=64)
+    strength: float = Field(default=0.6, gt=0, le=1)
+    controlnet: ControlNetRef | None = None
+
+
+class EditRequest(EditOptions):
+    image: str = Field(description="the input image (blob 'sha256:<hex>')")
+
+
+def _store(data_dir: Path) -> ModelStore:
+    return ModelStore(data_dir / "models")
+
+
+def _checkpoint(request: GenerateOptions, data_dir: Path) -> ModelManifest:
+    return _store(data_dir).get(request.model, "checkpoint", field="model")
+
+
+class GeneratePlanner:
+    kind = "generate"
+    request_model: type[GenerateOptions] = GenerateRequest
+    task = "text2img"
+
+    # -- at submit ------------------------------------------------------------------------------
+
+    def check(self, request: BaseModel, data_dir: Path) -> None:
+        """Raises NotFound/InvalidInput naming the field; nothing is queued then."""
+        from assetbox.pipelines.diffusion import SIZE_MULTIPLE, samplers_for
+
+        assert isinstance(request, GenerateOptions)
+        store = _store(data_dir)
+        manifest = _checkpoint(request, data_dir)
+        family = manifest.family
+        assert family in FAMILIES
+        multiple = SIZE_MULTIPLE[family]
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value is not None and value % multiple:
+                raise InvalidInput(
+                    f"`{name}` must be a multiple of {multiple} for {family} but is {value}",
+                    field=name,
+                )
+        if request.sampler is not None and request.sampler not in samplers_for(family):
+            raise InvalidInput(
+                f"`sampler` must be one of {', '.join(samplers_for(family))} for {family}, "
+                f"not {request.sampler!r}",
+                field="sampler",
+            )
+        for n, lora in enumerate(request.loras):
+            found = store.get(lora.name, "lora", field=f"loras.{n}.name")
+            if found.family != family:
+                raise InvalidInput(
+                    f"LoRA {lora.name!r} is for {found.family}, the checkpoint "
+                    f"{manifest.id!r} is {family}",
+                    field=f"loras.{n}.name",
+                )
+        if isinstance(request, EditOptions) and request.controlnet is not None:
+            net = store.get(request.controlnet.model, "controlnet", field="controlnet.model")
+            if net.family != family:
+                raise InvalidInput(
+                    f"ControlNet {net.id!r} is for {net.family}, the checkpoint "
+                    f"{manifest.id!r} is {family}",
+                    field="controlnet.model",
+                )
+
+    # -- the planner ----------------------------------------------------------------------------
+
+    def plan(self, request: BaseModel, data_dir: Path) -> list[dict[str, Any]]:
+        assert isinstance(request, GenerateOptions) and request.seed is not None
+        _checkpoint(request, data_dir)  # deleted since submit: fail before any unit
+        n = request.num_images_per_prompt
+        return [
+            {"prompt": p, "seeds": [request.seed + p * n + k for k in range(n)]}
+            for p in range(len(request.prompts))
+        ]
+
+    def _image(self, ref: str, ctx: UnitContext, field: str) -> np.ndarray:
+        key = f"image:{ref}"
+        if key not in ctx.cache:
+            for old in [k for k in ctx.cache if k.startswith("image:")][1:]:
+                del ctx.cache[old]  # the input and a control image are enough
+            data = blob_path(ctx.data_dir, ref).read_bytes()
+            decoded: DecodedImage = decode_image(data, field=field)
+            rgb = decoded.rgb
+            if rgb.dtype != np.uint8:  # 16-bit input: the pipelines take 8 bits
+                rgb = np.rint(rgb / 257).astype(np.uint8)
+            ctx.cache[key] = rgb
+        return ctx.cache[key]
+
+    def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
+        from assetbox.config import get_settings
+        from assetbox.pipelines.diffusion import (
+            DEFAULT_SAMPLER,
+            LoraUse,
+            RunParams,
+            load_checkpoint,
+            load_controlnet,
+            run,
+        )
+
+        assert isinstance(request, GenerateOptions)
+        started = time.perf_counter()
+        store = _store(ctx.data_dir)
+        manifest = _checkpoint(request, ctx.data_dir)
+        family = manifest.family
+        assert family in FAMILIES
+        defaults = DEFAULTS[family]
+        folder = store.path(manifest.id, "checkpoint")
+        params = RunParams(
+            prompt=request.prompts[payload["prompt"]],
+            negative_prompt=request.negative_prompt,
+            width=request.width or defaults["size"],
+            height=request.height or defaults["size"],
+            steps=request.steps or defaults["steps"],
+            guidance=request.guidance if request.guidance is not None else defaults["guidance"],
+            seeds=payload["seeds"],
+            sampler=request.sampler or DEFAULT_SAMPLER[family],
+            loras=[
+                LoraUse(
+                    store.path(lora.name, "lora") / "model.safetensors", f"lora{n}", lora.weight
+                )
+                for n, lora in enumerate(request.loras)
+            ],
+        )
+        if isinstance(request, EditRequest):
+            params.image = self._image(request.image, ctx, "image")
+            params.strength = request.strength
+            if request.controlnet is not None:
+                params.conditioning_scale = request.controlnet.conditioning_scale
+                if request.controlnet.image is not None:
+                    params.control_image = self._image(
+                        request.controlnet.image, ctx, "controlnet.image"
+                    )
+        quantization = get_settings().quantization
+
+        def load():
+            if manifest.layout == "diffusers":
+                return load_checkpoint(
+                    family,
+                    folder=folder / "diffusers",
+                    budget_bytes=ctx.models.budget_bytes,
+                    quantization=quantization,
+                )
+            return load_checkpoint(
+                family,
+                single_file=folder / "model.safetensors",
+                config=folder / "config",
+                budget_bytes=ctx.models.budget_bytes,
+                quantization=quantization,
+            )
+
+        with ctx.models.lease(
+            f"checkpoint:{manifest.id}:{manifest.sha256[:12]}",
+            load,
+            estimate=files_bytes(folder),
+            exclusive=True,  # schedulers and adapters are state: one run at a time
+        ) as model:
+            net_ref = request.controlnet if isinstance(request, EditRequest) else None
+            if net_ref is None:
+                images = run(
+                    model, params, should_stop=ctx.should_stop, report_step=ctx.report_step
+                )
+            else:
+                net = store.get(net_ref.model, "controlnet", field="controlnet.model")
+                net_folder = store.path(net.id, "controlnet") / "diffusers"
+                with ctx.models.lease(
+                    f"controlnet:{net.id}:{net.sha256[:12]}",
+                    lambda: load_controlnet(family, net_folder),
+                    estimate=files_bytes(net_folder),
+                ) as controlnet:
+                    images = run(
+                        model,
+                        params,
+                        controlnet=controlnet,
+                        should_stop=ctx.should_stop,
+                        report_step=ctx.report_step,
+                    )
+        buffer = io.BytesIO()
+        elapsed = np.array([(time.perf_counter() - started) * 1000], dtype=np.float64)
+        np.savez(buffer, images=np.stack(images), elapsed_ms=elapsed)
+        return buffer.getvalue()
+
+    def assemble(
+        self, request: BaseModel, results: Sequence[bytes], data_dir: Path
+    ) -> list[AssembledOutput]:
+        assert isinstance(request, GenerateOptions) and request.seed is not None
+        outputs = []
+        seed = request.seed
+        for data in results:
+            unit = np.load(io.BytesIO(data), allow_pickle=False)
+            elapsed = float(unit["elapsed_ms"][0])
+            images = unit["images"]
+            for image in images:
+                started = time.perf_counter()
+                fmt: ImageFormat = request.format
+                encoded = encode_image(DecodedImage(rgb=image, alpha=None, format=fmt), fmt)
+                outputs.append(
+                    AssembledOutput(
+                        data=encoded,
+                        media_type=MEDIA_TYPES[fmt],
+                        extension={"jpeg": "jpg"}.get(fmt, fmt),
+                        width=int(image.shape[1]),
+                        height=int(image.shape[0]),
+                        seed=seed,
+                        timings_ms={
+                            "generate": round(elapsed / len(images), 1),
+                            "encode": round((time.perf_counter() - started) * 1000, 1),
+                        },
+                    )
+                )
+                seed += 1
+        return outputs
+
+
+class EditPlanner(GeneratePlanner):
+    kind = "edit"
+    request_model = EditRequest
+    task = "img2img"
