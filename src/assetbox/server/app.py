@@ -16,7 +16,7 @@ from assetbox.engine.engine import Engine
 from assetbox.logs import get_logger
 from assetbox.server import auth, errors
 from assetbox.server.metrics import CONTENT_TYPE, Metrics
-from assetbox.server.routers import health, jobs, models, upscale
+from assetbox.server.routers import diffusion, health, jobs, models, upscale
 
 log = get_logger("http")
 
@@ -105,6 +105,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         body = request.app.state.metrics.render(request.app.state.engine)
         return Response(body, media_type=CONTENT_TYPE)
 
-    for router in (health.router, upscale.router, jobs.router, models.router):
+    for router in (health.router, upscale.router, diffusion.router, jobs.router, models.router):
         app.include_router(router)
     return app

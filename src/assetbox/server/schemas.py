@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from assetbox.engine.diffusion import EditOptions, GenerateOptions
 from assetbox.engine.jobs import (
     Job,
     JobError,
@@ -53,6 +54,23 @@ class UpscaleCreate(JobCreate, UpscaleOptions):
 
     def options(self) -> dict:
         """The engine request's fields (without the image)."""
+        return self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)
+
+
+class GenerateCreate(JobCreate, GenerateOptions):
+    """``POST /v1/generate``: text to image."""
+
+    def options(self) -> dict:
+        return self.model_dump(exclude=DELIVERY_FIELDS, exclude_none=True)
+
+
+class EditCreate(JobCreate, EditOptions):
+    """``POST /v1/edit``: img2img, optionally with a ControlNet (whose image, base64 or an
+    http(s) URL, defaults to the input image)."""
+
+    image: str = Field(description="base64 of a PNG, JPEG or WebP, or an http(s) URL of one")
+
+    def options(self) -> dict:
         return self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)
 
 
