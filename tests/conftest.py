@@ -32,3 +32,26 @@ def builtin_data_dir(builtin_store, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ASSETBOX_DATA_DIR", str(builtin_store.root.parent))
     get_settings.cache_clear()
     return builtin_store.root.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny random sd15, sdxl and flux1 models (checkpoint folders, single files, ControlNets,
+    LoRAs `<family>-a` and `<family>-b`), written once per session."""
+    from assetbox.testing.tiny_models import FAMILIES, write
+
+    out = tmp_path_factory.mktemp("tiny-models")
+    for family in FAMILIES:
+        write(family, out, controlnet=True, loras=(f"{family}-a", f"{family}-b"))
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one thread than on two contended ones."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

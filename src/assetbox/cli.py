@@ -257,6 +257,231 @@ def _run_remote(
         raise AssetboxError(f"cannot reach {server}: {exc}") from exc
 
 
+def _parse_loras(values: list[str]) -> list[dict]:
+    loras = []
+    for value in values:
+        name, _, weight = value.partition(":")
+        try:
+            loras.append({"name": name, "weight": float(weight) if weight else 1.0})
+        except ValueError as exc:
+            raise InvalidInput(
+                f"`--lora` must be NAME or NAME:WEIGHT, not {value!r}", field="lora"
+            ) from exc
+    return loras
+
+
+def _output_paths(output: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{n}{output.suffix}") for n in range(count)]
+
+
+def _run_diffusion(
+    kind: str,
+    request: dict,
+    images: dict[str, bytes],
+    output: Path,
+    server: str | None,
+) -> None:
+    """Run a generate/edit job (on `server`, or in this process) and write its outputs."""
+    from pydantic import ValidationError
+
+    from assetbox.config import get_settings
+    from assetbox.engine.diffusion import EditOptions, GenerateOptions
+    from assetbox.engine.upscale import format_for_path
+
+    request = {**request, "format": format_for_path(output)}
+    options_model = EditOptions if kind == "edit" else GenerateOptions
+    try:
+        request["seed"] = options_model(**request).seed  # validated, and the seed fixed now
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc) from exc
+    show = err.is_terminal
+    server = server or get_settings().server_url
+    if server:
+        results = _run_remote_all(server, kind, request, images, show)
+    else:
+        results = _run_local(kind, request, images, show)
+    paths = _output_paths(output, len(results))
+    for path, (data, seed) in zip(paths, results, strict=True):
+        write_atomically(path, data)
+        if show:
+            err.print(f"wrote {path} (seed {seed})", highlight=False)
+
+
+def _run_local(kind: str, request: dict, images: dict[str, bytes], show: bool):
+    from assetbox.config import get_settings
+    from assetbox.engine.engine import Engine
+    from assetbox.engine.jobs import JobStatus
+
+    settings = get_settings().model_copy(update={"executor": "local", "workers": 1})
+    engine = Engine(settings)
+    try:
+        for field, data in images.items():
+            blob = engine.put_blob(data)
+            if field == "controlnet.image":
+                request["controlnet"] = {**request["controlnet"], "image": blob}
+            else:
+                request[field] = blob
+        job = engine.submit(kind, request)
+        with _progress(kind, show) as bar:
+            task = bar.add_task(kind, total=None)
+            while not job.status.is_terminal():
+                job = engine.wait(job.id, timeout=0.25)
+                if job.progress.steps:
+                    bar.update(task, completed=job.progress.step, total=job.progress.steps)
+        if job.status != JobStatus.SUCCEEDED:
+            assert job.error is not None
+            error = InvalidInput if job.error.code in _INPUT_CODES else AssetboxError
+            raise error(job.error.message)
+        return [(engine.output_path(job, o.index).read_bytes(), o.seed) for o in job.outputs]
+    finally:
+        engine.close()
+
+
+def _run_remote_all(server: str, kind: str, request: dict, images: dict, show: bool):
+    import base64
+
+    import httpx
+
+    from assetbox.client import ApiError
+
+    body = dict(request)
+    for field, data in images.items():
+        encoded = base64.b64encode(data).decode()
+        if field == "controlnet.image":
+            body["controlnet"] = {**body["controlnet"], "image": encoded}
+        else:
+            body[field] = encoded
+    try:
+        with _client(server) as api:
+            job = api.submit(kind, **body)
+            with _progress(kind, show) as bar:
+                task = bar.add_task(kind, total=None)
+                for event in api.events(job["id"]):
+                    progress = event.get("data", {})
+                    if event.get("type") == "progress" and progress.get("steps"):
+                        bar.update(task, completed=progress["step"], total=progress["steps"])
+            job = api.job(job["id"])
+            if job["status"] != "succeeded":
+                error = job.get("error") or {"code": job["status"], "message": job["status"]}
+                cls = InvalidInput if error["code"] in _INPUT_CODES else AssetboxError
+                raise cls(error["message"])
+            return [(api.output(job["id"], o["index"]), o.get("seed")) for o in job["outputs"]]
+    except ApiError as exc:
+        raise _api_error(exc) from exc
+    except httpx.HTTPError as exc:
+        raise AssetboxError(f"cannot reach {server}: {exc}") from exc
+
+
+def _read_input(path: Path, field: str) -> bytes:
+    from assetbox.imaging import probe_image
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}", field=field) from exc
+    probe_image(data, field=field)
+    return data
+
+
+_Model = Annotated[str, typer.Option(help="Checkpoint id (assetbox models list).")]
+_Width = Annotated[int | None, typer.Option(help="Pixels, multiple of 8 (Flux: 16).")]
+_Steps = Annotated[int | None, typer.Option(help="Denoising steps. [default: by family]")]
+_Guidance = Annotated[float | None, typer.Option(help="Guidance scale. [default: by family]")]
+_Seed = Annotated[int | None, typer.Option(help="Seed of the first image. [default: random]")]
+_Sampler = Annotated[str | None, typer.Option(help="euler, euler_a, ddim, dpmpp_2m, ...")]
+_Lora = Annotated[list[str], typer.Option("--lora", help="NAME or NAME:WEIGHT (up to 4).")]
+_Server = Annotated[
+    str | None, typer.Option(help="Run on this server. [default: ASSETBOX_SERVER_URL]")
+]
+
+
+@app.command("generate")
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="One or more prompts.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG/JPEG/WebP to write.")],
+    model: _Model,
+    negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
+    count: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
+    width: _Width = None,
+    height: _Width = None,
+    steps: _Steps = None,
+    guidance: _Guidance = None,
+    seed: _Seed = None,
+    sampler: _Sampler = None,
+    lora: _Lora = [],  # noqa: B006 (typer reads the default)
+    server: _Server = None,
+) -> None:
+    """Text to image. Several outputs are written as OUT-0.png, OUT-1.png, ..."""
+    request = {
+        "model": model,
+        "prompts": prompts,
+        "negative_prompt": negative,
+        "num_images_per_prompt": count,
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "sampler": sampler,
+    }
+    try:
+        request = {k: v for k, v in request.items() if v is not None}
+        request["loras"] = _parse_loras(lora)
+        _run_diffusion("generate", request, {}, output, server)
+    except AssetboxError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command("edit")
+def edit(
+    image: Annotated[Path, typer.Argument(help="The image to edit.")],
+    prompt: Annotated[str, typer.Argument(help="What the result shows.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG/JPEG/WebP to write.")],
+    model: _Model,
+    strength: Annotated[float, typer.Option(help="How much is redrawn (0-1].")] = 0.6,
+    controlnet: Annotated[str | None, typer.Option(help="ControlNet id.")] = None,
+    control_image: Annotated[
+        Path | None, typer.Option(help="Control image. [default: the input]")
+    ] = None,
+    conditioning_scale: Annotated[float, typer.Option(help="ControlNet strength.")] = 1.0,
+    negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
+    width: _Width = None,
+    height: _Width = None,
+    steps: _Steps = None,
+    guidance: _Guidance = None,
+    seed: _Seed = None,
+    sampler: _Sampler = None,
+    lora: _Lora = [],  # noqa: B006
+    server: _Server = None,
+) -> None:
+    """img2img, optionally with a ControlNet."""
+    request = {
+        "model": model,
+        "prompts": [prompt],
+        "negative_prompt": negative,
+        "strength": strength,
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "sampler": sampler,
+    }
+    try:
+        request = {k: v for k, v in request.items() if v is not None}
+        request["loras"] = _parse_loras(lora)
+        images = {"image": _read_input(image, "image")}
+        if controlnet is not None:
+            request["controlnet"] = {"model": controlnet, "conditioning_scale": conditioning_scale}
+            if control_image is not None:
+                images["controlnet.image"] = _read_input(control_image, "controlnet.image")
+        _run_diffusion("edit", request, images, output, server)
+    except AssetboxError as exc:
+        raise _fail(exc) from exc
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -319,23 +544,31 @@ def models_rm(model_id: Annotated[str, typer.Argument(help="Id of the model to d
 @models_app.command("import")
 def models_import(
     path: Annotated[
-        Path, typer.Argument(help="An ncnn .param (with its .bin), .safetensors or .pth")
+        Path,
+        typer.Argument(
+            help="A diffusers folder (checkpoint or ControlNet), a .safetensors checkpoint or "
+            "LoRA, or an upscaler: ncnn .param (with its .bin), .safetensors or .pth"
+        ),
     ],
     model_id: Annotated[
         str | None, typer.Option("--id", help="Store id (default: file name).")
     ] = None,
 ) -> None:
-    """Import an upscaler into the store (architecture detected by spandrel)."""
+    """Import a model into the store (kind and family detected from its files; pickles such as
+    .ckpt are refused)."""
     from assetbox.engine.upscale import model_store
-    from assetbox.models.importer import import_upscaler
+    from assetbox.models.importer import import_model
 
     try:
-        manifest = import_upscaler(
+        manifest = import_model(
             model_store(), path, model_id=model_id, progress=lambda t: err.print(t, highlight=False)
         )
     except AssetboxError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"imported {manifest.id}: {manifest.architecture} x{manifest.scale}")
+    if manifest.kind == "upscaler":
+        typer.echo(f"imported {manifest.id}: {manifest.architecture} x{manifest.scale}")
+    else:
+        typer.echo(f"imported {manifest.id}: {manifest.family} {manifest.kind}")
 
 
 ServerOption = Annotated[

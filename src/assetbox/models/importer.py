@@ -163,3 +163,40 @@ def _load_pth(path: Path) -> dict[str, Any]:
             f"{path.name} holds a {type(loaded).__name__}, not a state dict", field="path"
         )
     return import_spandrel().canonicalize_state_dict(loaded)
+
+
+def import_model(
+    store: ModelStore,
+    path: Path,
+    *,
+    model_id: str | None = None,
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> ModelManifest:
+    """Import any model: diffusers folders, diffusion checkpoints and LoRAs (by their
+    headers), else upscalers. Pickles other than weights-only ``.pth`` upscalers are refused.
+
+    Raises:
+        UnsupportedFormat, ModelError, InvalidInput, Conflict: as the importers do.
+    """
+    from assetbox.models.diffusion_import import import_diffusion
+    from assetbox.models.families import read_header, refuse_pickle
+
+    path = Path(path)
+    if path.is_dir():
+        return import_diffusion(store, path, model_id=model_id, source=source, progress=progress)
+    if path.suffix.lower() == ".safetensors" and path.is_file():
+        header = read_header(path)
+        diffusion = any(
+            key.startswith(("model.diffusion_model.", "double_blocks.", "unet.", "transformer."))
+            or ".lora_" in key
+            or "lora_unet_" in key
+            for key in header.shapes
+        )
+        if diffusion:
+            return import_diffusion(
+                store, path, model_id=model_id, source=source, progress=progress
+            )
+    elif path.suffix.lower() not in SUFFIXES:
+        refuse_pickle(path)
+    return import_upscaler(store, path, model_id=model_id, source=source, progress=progress)

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from assetbox.errors import Conflict, InvalidInput, NotFound
-from assetbox.models.importer import import_upscaler
+from assetbox.models.importer import import_model
 from assetbox.models.store import ModelKind, ModelManifest, ModelStore, validate_model_id
 
 UPLOAD_SUFFIXES = (".safetensors", ".pth")
@@ -149,7 +149,7 @@ class Uploads:
         named = self.root / f"{upload_id}{Path(state.name).suffix.lower()}"
         os.replace(part, named)
         try:
-            return import_upscaler(
+            return import_model(
                 self.store, named, model_id=state.model_id, source=f"upload of {state.name}"
             )
         finally:

@@ -8,7 +8,8 @@
 - ``tiny-<family>-single.safetensors`` (sd15, sdxl): the same weights as one checkpoint in the
   original Stability key layout (``model.diffusion_model.*``, ``first_stage_model.*``,
   ``cond_stage_model.*`` or ``conditioner.embedders.*``) with ``modelspec.architecture``
-  metadata and its diffusers config folder in ``assetbox.diffusers_config`` metadata (real checkpoints use the shipped configs);
+  metadata and its diffusers config folder in ``assetbox.diffusers_config`` metadata (real
+  checkpoints use the shipped configs);
 - ``tiny-<family>-controlnet/`` (``--controlnet``): a diffusers ControlNet folder;
 - ``NAME.safetensors`` per ``--lora NAME``: a LoRA in the diffusers/peft layout with
   ``modelspec.architecture`` metadata, its weights seeded from NAME (different names differ).
