@@ -225,6 +225,24 @@ def _api_error(exc) -> AssetboxError:
     return AssetboxError(f"the server answered {exc.status} {exc.code}: {exc.message}")
 
 
+def _follow_remote(api, job: dict, kind: str, show: bool, *, unit: str) -> dict:
+    """Show a server job's progress from its events (units done, or denoising steps) until it
+    ends; returns the succeeded job, or raises its error."""
+    done, total = ("done", "total") if unit == "done" else ("step", "steps")
+    with _progress(kind, show) as bar:
+        task = bar.add_task(kind, total=None)
+        for event in api.events(job["id"]):
+            progress = event.get("data", {})
+            if event.get("type") == "progress" and progress.get(total):
+                bar.update(task, completed=progress[done], total=progress[total])
+    job = api.job(job["id"])
+    if job["status"] != "succeeded":
+        error = job.get("error") or {"code": job["status"], "message": job["status"]}
+        cls = InvalidInput if error["code"] in _INPUT_CODES else AssetboxError
+        raise cls(error["message"])
+    return job
+
+
 def _run_remote(
     server: str, kind: str, data: bytes, options: dict, key: str, show: bool
 ) -> tuple[str, bytes, tuple[int, int]]:
@@ -238,17 +256,7 @@ def _run_remote(
             job = api.submit(kind, data, idempotency_key=key, **options)
             if job["status"] in ("failed", "cancelled"):
                 job = api.submit(kind, data, **options)  # try again, not the old outcome
-            with _progress(kind, show) as bar:
-                task = bar.add_task(kind, total=None)
-                for event in api.events(job["id"]):
-                    progress = event.get("data", {})
-                    if event.get("type") == "progress" and progress.get("total"):
-                        bar.update(task, completed=progress["done"], total=progress["total"])
-            job = api.job(job["id"])
-            if job["status"] != "succeeded":
-                error = job.get("error") or {"code": job["status"], "message": job["status"]}
-                cls = InvalidInput if error["code"] in _INPUT_CODES else AssetboxError
-                raise cls(error["message"])
+            job = _follow_remote(api, job, kind, show, unit="done")
             output = job["outputs"][0]
             return job["id"], api.output(job["id"], 0), (output["width"], output["height"])
     except ApiError as exc:
@@ -356,17 +364,7 @@ def _run_remote_all(server: str, kind: str, request: dict, images: dict, show: b
     try:
         with _client(server) as api:
             job = api.submit(kind, **body)
-            with _progress(kind, show) as bar:
-                task = bar.add_task(kind, total=None)
-                for event in api.events(job["id"]):
-                    progress = event.get("data", {})
-                    if event.get("type") == "progress" and progress.get("steps"):
-                        bar.update(task, completed=progress["step"], total=progress["steps"])
-            job = api.job(job["id"])
-            if job["status"] != "succeeded":
-                error = job.get("error") or {"code": job["status"], "message": job["status"]}
-                cls = InvalidInput if error["code"] in _INPUT_CODES else AssetboxError
-                raise cls(error["message"])
+            job = _follow_remote(api, job, kind, show, unit="step")
             return [(api.output(job["id"], o["index"]), o.get("seed")) for o in job["outputs"]]
     except ApiError as exc:
         raise _api_error(exc) from exc

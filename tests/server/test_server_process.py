@@ -159,3 +159,29 @@ def test_cli_without_a_reachable_server_says_so(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(app, ["jobs", "list", "--server", url])
     assert result.exit_code == 1 and "cannot reach" in result.output
+
+
+def test_cli_generate_on_a_server(tiny_models: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from assetbox.cli import app
+    from assetbox.models.importer import import_model
+    from assetbox.models.store import ModelStore
+
+    data_dir = tmp_path / "data"
+    import_model(ModelStore(data_dir / "models"), tiny_models / "tiny-sd15")
+    port = free_port()
+    server = start_server(data_dir, port)
+    try:
+        out = tmp_path / "cat.png"
+        args = ["generate", "a cat", "-o", str(out), "--model", "tiny-sd15", "--steps", "2"]
+        args += ["--width", "64", "--height", "64", "--seed", "3", "--count", "2"]
+        result = CliRunner().invoke(app, [*args, "--server", f"http://127.0.0.1:{port}"])
+        assert result.exit_code == 0, result.output
+        assert Image.open(tmp_path / "cat-0.png").size == (64, 64)
+        assert Image.open(tmp_path / "cat-1.png").size == (64, 64)
+        (job,) = httpx.get(f"http://127.0.0.1:{port}/v1/jobs").json()["data"]
+        assert [o["seed"] for o in job["outputs"]] == [3, 4]  # it ran on the server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
