@@ -301,7 +301,7 @@ def _run_diffusion(
     request = {**request, "format": format_for_path(output)}
     options_model = EditOptions if kind == "edit" else GenerateOptions
     try:
-        request["seed"] = options_model(**request).seed  # validated, and the seed fixed now
+        options_model(**request)  # bad options fail here, before any job exists
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from exc
     show = err.is_terminal

@@ -188,3 +188,43 @@ def test_invalid_requests_name_the_field_and_queue_nothing(
         assert response.status_code == status, response.text
         assert response.json()["field"] == field
         assert client.get("/v1/jobs").json()["data"] == []
+
+
+def test_a_seedless_request_draws_a_seed_once(tiny_models: Path, tmp_path: Path) -> None:
+    with make_client(tiny_models, tmp_path / "data", ["tiny-sd15"]) as client:
+        body = {"model": "tiny-sd15", "prompts": ["a"], "width": 64, "height": 64, "steps": 1}
+        key = {"Idempotency-Key": "once", **WAIT}
+        first = client.post("/v1/generate", json=body, headers=key).json()
+        again = client.post("/v1/generate", json=body, headers=key).json()
+        assert again["id"] == first["id"]  # the same job, though its seed was drawn
+        other = client.post("/v1/generate", json=body, headers=WAIT).json()
+        seeds = {first["outputs"][0]["seed"], other["outputs"][0]["seed"]}
+        assert len(seeds) == 2 and all(isinstance(s, int) for s in seeds)
+
+
+def test_uploads_and_listing_of_diffusion_models(tiny_models: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    data = (tiny_models / "sdxl-a.safetensors").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    with make_client(tiny_models, tmp_path / "data", ["tiny-sdxl", "tiny-sd15"]) as client:
+        for kind, status in (("upscaler", 422), ("lora", 201)):
+            upload = client.post(
+                "/v1/models/uploads",
+                json={"name": "style.safetensors", "kind": kind, "size": len(data), "sha256": sha},
+            ).json()
+            client.put(f"/v1/models/uploads/{upload['id']}", content=data)
+            done = client.post(f"/v1/models/uploads/{upload['id']}/complete")
+            assert done.status_code == status, done.text
+            if status == 422:
+                assert done.json()["field"] == "kind"
+        listed = client.get("/v1/models", params={"family": "sdxl"}).json()["data"]
+        assert sorted((m["id"], m["kind"]) for m in listed) == [
+            ("style", "lora"),
+            ("tiny-sdxl", "checkpoint"),
+        ]
+        body = {"model": "tiny-sdxl", "prompts": ["a"], "width": 64, "height": 64, "steps": 1}
+        body["loras"] = [{"name": "style", "weight": 0.5}]
+        assert client.post("/v1/generate", json=body, headers=WAIT).json()["status"] == (
+            "succeeded"
+        )

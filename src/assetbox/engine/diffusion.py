@@ -2,7 +2,8 @@
 
 One unit per prompt: its ``num_images_per_prompt`` images in one batch, image k of prompt p with
 seed ``seed + p * num_images_per_prompt + k``. A request without a seed gets a random one when it
-is validated, so the job records it, a resumed job repeats it, and outputs report it. Everything
+is queued (`fill`, after the request is hashed, so an idempotent re-submit still matches), so the
+job records it, a resumed job repeats it, and outputs report it. Everything
 that needs the model store (the model exists, LoRAs and ControlNet of the same family, sizes and
 sampler valid for the family) is checked at submit, before anything is queued.
 """
@@ -75,9 +76,7 @@ class GenerateOptions(BaseModel):
         return prompts
 
     @model_validator(mode="after")
-    def _seed_and_adapters(self):
-        if self.seed is None:  # chosen once, recorded with the job
-            self.seed = secrets.randbelow(MAX_SEED - 1024)
+    def _adapters_once(self):
         names = [lora.name for lora in self.loras]
         if len(set(names)) != len(names):
             raise ValueError("each LoRA may be listed once")
@@ -114,6 +113,14 @@ class GeneratePlanner:
     task = "text2img"
 
     # -- at submit ------------------------------------------------------------------------------
+
+    def fill(self, request: BaseModel) -> BaseModel:
+        """The request as queued: a random seed when it has none (drawn once, stored)."""
+        assert isinstance(request, GenerateOptions)
+        if request.seed is not None:
+            return request
+        # Below MAX_SEED by room for a batch's seed + 1, seed + 2, ...
+        return request.model_copy(update={"seed": secrets.randbelow(MAX_SEED - 1024)})
 
     def check(self, request: BaseModel, data_dir: Path) -> None:
         """Raises NotFound/InvalidInput naming the field; nothing is queued then."""

@@ -152,6 +152,9 @@ class Engine:
         if delivery is not None:
             check_delivery(delivery, self.settings)
         digest = request_hash(kind, validated)
+        fill = getattr(planner, "fill", None)
+        if fill is not None:  # what is drawn at queueing (seeds), after hashing the request
+            validated = fill(validated)
         if idempotency_key is None:
             queued = self.store.count(JobStatus.QUEUED)
             if queued >= self.settings.max_queued_jobs:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from assetbox.errors import ModelError, UnsupportedFormat
+from assetbox.errors import InvalidInput, ModelError, UnsupportedFormat
 from assetbox.models import ncnn
 from assetbox.models.architectures import import_spandrel, load_descriptor
 from assetbox.models.store import (
@@ -21,6 +21,7 @@ from assetbox.models.store import (
     NCNN_PARAM_FILE,
     WEIGHTS_FILE,
     Engine,
+    ModelKind,
     ModelManifest,
     ModelStore,
     now,
@@ -172,31 +173,44 @@ def import_model(
     model_id: str | None = None,
     source: str | None = None,
     progress: Progress | None = None,
+    expected_kind: ModelKind | None = None,
 ) -> ModelManifest:
     """Import any model: diffusers folders, diffusion checkpoints and LoRAs (by their
     headers), else upscalers. Pickles other than weights-only ``.pth`` upscalers are refused.
+    With `expected_kind`, a model of another kind is refused before anything is stored.
 
     Raises:
         UnsupportedFormat, ModelError, InvalidInput, Conflict: as the importers do.
     """
     from assetbox.models.diffusion_import import import_diffusion
-    from assetbox.models.families import read_header, refuse_pickle
+    from assetbox.models.families import detect, read_header, refuse_pickle
+
+    def diffusion() -> ModelManifest:
+        detected = detect(path)
+        _expect(expected_kind, detected.kind)
+        return import_diffusion(
+            store, path, model_id=model_id, source=source, progress=progress, detected=detected
+        )
 
     path = Path(path)
     if path.is_dir():
-        return import_diffusion(store, path, model_id=model_id, source=source, progress=progress)
+        return diffusion()
     if path.suffix.lower() == ".safetensors" and path.is_file():
         header = read_header(path)
-        diffusion = any(
+        is_diffusion = any(
             key.startswith(("model.diffusion_model.", "double_blocks.", "unet.", "transformer."))
             or ".lora_" in key
             or "lora_unet_" in key
             for key in header.shapes
         )
-        if diffusion:
-            return import_diffusion(
-                store, path, model_id=model_id, source=source, progress=progress
-            )
+        if is_diffusion:
+            return diffusion()
     elif path.suffix.lower() not in SUFFIXES:
         refuse_pickle(path)
+    _expect(expected_kind, "upscaler")
     return import_upscaler(store, path, model_id=model_id, source=source, progress=progress)
+
+
+def _expect(expected: ModelKind | None, found: ModelKind) -> None:
+    if expected is not None and expected != found:
+        raise InvalidInput(f"`kind` is {expected!r} but the file is a {found}", field="kind")

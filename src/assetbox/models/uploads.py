@@ -150,7 +150,11 @@ class Uploads:
         os.replace(part, named)
         try:
             return import_model(
-                self.store, named, model_id=state.model_id, source=f"upload of {state.name}"
+                self.store,
+                named,
+                model_id=state.model_id,
+                source=f"upload of {state.name}",
+                expected_kind=state.kind,
             )
         finally:
             named.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from assetbox.engine.upscale import model_store
 from assetbox.errors import InvalidInput
-from assetbox.models.store import ModelKind, ModelManifest
+from assetbox.models.store import Family, ModelKind, ModelManifest
 from assetbox.models.uploads import UploadCreate, Uploads, UploadState
 from assetbox.server.deps import SettingsDep
 
@@ -24,9 +24,15 @@ class ModelsPublic(BaseModel):
 
 @router.get("", response_model=ModelsPublic)
 def list_models(
-    settings: SettingsDep, kind: ModelKind | None = None, architecture: str | None = None
+    settings: SettingsDep,
+    kind: ModelKind | None = None,
+    family: Family | None = None,
+    architecture: str | None = None,
 ) -> ModelsPublic:
+    """Models in the store, filtered by kind, family (sd15, sdxl, flux1) and architecture."""
     models = model_store(settings).list(kind)
+    if family is not None:
+        models = [m for m in models if m.family == family]
     if architecture is not None:
         models = [m for m in models if m.architecture == architecture]
     return ModelsPublic(data=models)
