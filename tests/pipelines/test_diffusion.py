@@ -81,3 +81,19 @@ def test_quantization_is_refused_without_torchao() -> None:
         with pytest.raises(InvalidInput) as info:
             check_quantization(mode, "cpu")
         assert info.value.field == "quantization" and "torchao" in info.value.message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs torchao")
+def test_int8_quantization_runs_and_shrinks_the_model(tiny_models: Path, sd15) -> None:
+    import torch
+
+    quantized = load_checkpoint("sd15", folder=tiny_models / "tiny-sd15", quantization="int8")
+    assert quantized.nbytes < sd15.nbytes  # the cache counts the int8 weights as such
+    exact, approx = run(sd15, params())[0], run(quantized, params())[0]
+    assert exact.shape == approx.shape
+    # int8 weights change the numbers a little, not the picture
+    assert np.abs(exact.astype(int) - approx.astype(int)).mean() < 8
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInput) as info:  # fp8 needs a recent GPU
+            load_checkpoint("sd15", folder=tiny_models / "tiny-sd15", quantization="fp8")
+        assert info.value.field == "quantization" and "CUDA" in info.value.message

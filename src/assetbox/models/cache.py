@@ -68,7 +68,7 @@ def estimate_bytes(value: Any) -> int:
     if torch is not None and isinstance(value, torch.nn.Module):
         tensors = [*value.parameters(), *value.buffers()]
         unique = {id(t): t for t in tensors}.values()  # tied weights count once
-        return sum(t.numel() * t.element_size() for t in unique)
+        return sum(_tensor_bytes(t) for t in unique)
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
@@ -80,6 +80,15 @@ def estimate_bytes(value: Any) -> int:
         if inner is not None and inner is not value:
             return estimate_bytes(inner)
     return 0
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    """Bytes of a tensor; quantized tensor subclasses (torchao) count their inner tensors."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None:
+        names, _ = flatten()
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
 
 
 def files_bytes(path: Path, suffixes: tuple[str, ...] = (".safetensors", ".bin", ".pth")) -> int:
