@@ -106,7 +106,7 @@ def test_pickles_are_refused_and_the_store_is_unchanged(tmp_path: Path, tiny_mod
     store = ModelStore(tmp_path / "models")
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": {}}, ckpt)
-    with pytest.raises(UnsupportedFormat, match="pickle"):
+    with pytest.raises(UnsupportedFormat, match="pickles"):
         import_model(store, ckpt)
     folder = tmp_path / "pickled"
     import shutil

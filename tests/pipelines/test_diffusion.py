@@ -97,3 +97,30 @@ def test_int8_quantization_runs_and_shrinks_the_model(tiny_models: Path, sd15) -
         with pytest.raises(InvalidInput) as info:  # fp8 needs a recent GPU
             load_checkpoint("sd15", folder=tiny_models / "tiny-sd15", quantization="fp8")
         assert info.value.field == "quantization" and "CUDA" in info.value.message
+
+
+def test_resident_adapters_are_bounded_and_switch_exactly(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assetbox.errors import ModelError
+    from assetbox.pipelines import diffusion
+
+    monkeypatch.setattr(diffusion, "MAX_RESIDENT_ADAPTERS", 1)
+    model = load_checkpoint("sdxl", folder=tiny_models / "tiny-sdxl")
+
+    def lora(name: str, weight: float = 1.0) -> diffusion.LoraUse:
+        return diffusion.LoraUse(
+            tiny_models / f"{name}.safetensors", name.replace("-", "_"), weight
+        )
+
+    before = run(model, params())[0]
+    with_a = run(model, params(loras=[lora("sdxl-a")]))[0]
+    with_b = run(model, params(loras=[lora("sdxl-b")]))[0]
+    assert list(model.adapters) == ["sdxl_b"]  # a was dropped to stay within the bound
+    assert np.array_equal(run(model, params(loras=[lora("sdxl-a")]))[0], with_a)
+    assert not np.array_equal(with_a, with_b)
+    half = run(model, params(loras=[lora("sdxl-a", 0.5)]))[0]
+    assert not np.array_equal(half, with_a)  # the weight is the request's, not the last one's
+    with pytest.raises(ModelError):  # an SD 1.5 LoRA does not fit SDXL's layers
+        run(model, params(loras=[lora("sd15-a")]))
+    assert np.array_equal(run(model, params())[0], before)  # nothing left active

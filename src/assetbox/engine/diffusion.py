@@ -11,6 +11,7 @@ sampler valid for the family) is checked at submit, before anything is queued.
 from __future__ import annotations
 
 import io
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -97,6 +98,12 @@ class EditOptions(GenerateOptions):
 
 class EditRequest(EditOptions):
     image: str = Field(description="the input image (blob 'sha256:<hex>')")
+
+
+def _adapter_name(manifest: ModelManifest) -> str:
+    """A LoRA's adapter name in the pipeline: its id and weights' hash (a re-imported LoRA under
+    the same id is another adapter)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{manifest.id}_{manifest.sha256[:12]}")
 
 
 def _store(data_dir: Path) -> ModelStore:
@@ -216,7 +223,9 @@ class GeneratePlanner:
             sampler=request.sampler or DEFAULT_SAMPLER[family],
             loras=[
                 LoraUse(
-                    store.path(lora.name, "lora") / "model.safetensors", f"lora{n}", lora.weight
+                    store.path(lora.name, "lora") / "model.safetensors",
+                    _adapter_name(store.get(lora.name, "lora", field=f"loras.{n}.name")),
+                    lora.weight,
                 )
                 for n, lora in enumerate(request.loras)
             ],

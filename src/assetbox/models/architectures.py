@@ -74,7 +74,8 @@ def import_spandrel() -> spandrel:  # type: ignore[valid-type]
     """
     if "spandrel" in sys.modules:
         return sys.modules["spandrel"]  # type: ignore[return-value]
-    if importlib.util.find_spec("torchvision") is None:
+    stand_in = importlib.util.find_spec("torchvision") is None
+    if stand_in:
         _install_torchvision_stand_in()
     try:
         return importlib.import_module("spandrel")
@@ -82,6 +83,13 @@ def import_spandrel() -> spandrel:  # type: ignore[valid-type]
         raise ModelError(
             f"spandrel is needed to load upscalers but cannot be imported: {exc}"
         ) from exc
+    finally:
+        # spandrel has bound what it uses at import. Out of sys.modules again, so that other
+        # libraries (diffusers, transformers) still see that torchvision is not installed.
+        if stand_in:
+            for name in ("torchvision.transforms.functional", "torchvision.transforms"):
+                sys.modules.pop(name, None)
+            sys.modules.pop("torchvision", None)
 
 
 def load_descriptor(state_dict: dict[str, torch.Tensor]) -> Any:

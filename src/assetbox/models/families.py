@@ -88,8 +88,9 @@ def read_header(path: Path, *, field: str = "path") -> Header:
 def refuse_pickle(path: Path, *, field: str = "path") -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UnsupportedFormat(
-            f"{path.name} is a pickle ({path.suffix}): loading it could run code, so it is "
-            "refused; convert it to .safetensors",
+            f"{path.name} is refused: {path.suffix} files are pickles, and loading one could "
+            "run code. Import a .safetensors file, a diffusers folder, an ncnn .param (beside "
+            "its .bin) or a weights-only .pth upscaler",
             field=field,
         )
 

@@ -12,6 +12,7 @@ No file or network I/O here beyond loading weights from the paths given.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ DEFAULT_SAMPLER: dict[Family, str] = {"sd15": "euler_a", "sdxl": "euler", "flux1
 # Output sizes must be multiples of this (VAE x8; Flux also packs 2x2 latents).
 SIZE_MULTIPLE: dict[Family, int] = {"sd15": 8, "sdxl": 8, "flux1": 16}
 MAX_LORAS = 4
+MAX_RESIDENT_ADAPTERS = 8
 
 _PIPELINES: dict[tuple[Family, str, bool], str] = {
     ("sd15", "text2img", False): "StableDiffusionPipeline",
@@ -115,6 +117,8 @@ class DiffusionModel:
     device: str
     offloaded: bool = False
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    # LoRA adapters loaded into the modules, least recently used first.
+    adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     @property
     def nbytes(self) -> int:
@@ -196,7 +200,7 @@ def load_controlnet(family: Family, folder: Path) -> Any:
 @dataclass(frozen=True)
 class LoraUse:
     path: Path
-    name: str  # adapter name, unique within a request
+    name: str  # adapter name: stands for these weights (store id and hash), [A-Za-z0-9_]
     weight: float
 
 
@@ -242,8 +246,8 @@ def run(
 ) -> list[np.ndarray]:
     """Generate ``len(params.seeds)`` images (H x W x 3 uint8).
 
-    LoRAs are loaded for this run only and removed afterwards, whatever happens, so nothing of
-    one request reaches the next. Cancellation is checked after every denoising step.
+    Exactly the request's LoRAs are active, with its weights; adapters of earlier requests stay
+    loaded but inactive (see `_use_loras`). Cancellation is checked after every denoising step.
 
     Raises:
         Cancelled: `should_stop()` turned true.
@@ -297,37 +301,49 @@ def run(
                 "controlnet_conditioning_scale": params.conditioning_scale,
             }
     try:
-        with _loras(pipe, params.loras), torch.inference_mode():
+        _use_loras(model, pipe, params.loras)
+        with torch.inference_mode():
             images = pipe(**kwargs).images
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(f"the device ran out of memory: {exc}") from exc
     return [np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8) for image in images]
 
 
-class _loras:
-    """Load a request's LoRAs with their weights; unload them all on the way out."""
+def _use_loras(model: DiffusionModel, pipe: Any, loras: Sequence[LoraUse]) -> None:
+    """Make exactly `loras` active with their weights (none: adapters disabled).
 
-    def __init__(self, pipe: Any, loras: Sequence[LoraUse]) -> None:
-        self.pipe = pipe
-        self.loras = loras
-
-    def __enter__(self) -> None:
-        if not self.loras:
-            return
+    Adapters stay loaded between runs (loading one costs far more than a denoising step; see
+    bench/diffusion_cache.py), at most `MAX_RESIDENT_ADAPTERS`, least recently used deleted
+    first. A disabled adapter leaves the output bit-identical to a model that never had one.
+    """
+    if not loras:
+        if model.adapters:
+            pipe.disable_lora()
+        return
+    wanted = [lora.name for lora in loras]
+    for lora in loras:
+        if lora.name in model.adapters:
+            model.adapters.move_to_end(lora.name)
+            continue
         try:
-            for lora in self.loras:
-                self.pipe.load_lora_weights(str(lora.path), adapter_name=lora.name)
-                loaded = {n for names in self.pipe.get_list_adapters().values() for n in names}
-                if lora.name not in loaded:  # diffusers skips keys it does not know, silently
-                    raise ValueError(f"no layer of the model matched the LoRA {lora.path.name}")
-            self.pipe.set_adapters(
-                [lora.name for lora in self.loras],
-                adapter_weights=[lora.weight for lora in self.loras],
-            )
+            pipe.load_lora_weights(str(lora.path), adapter_name=lora.name)
+            loaded = {n for names in pipe.get_list_adapters().values() for n in names}
+            if lora.name not in loaded:  # diffusers skips keys it does not know, silently
+                raise ValueError(f"no layer of the model matched the LoRA {lora.path.name}")
         except (ValueError, KeyError, RuntimeError) as exc:
-            self.pipe.unload_lora_weights()
-            raise ModelError(f"cannot apply the LoRAs: {exc}") from exc
-
-    def __exit__(self, *exc: object) -> None:
-        if self.loras:
-            self.pipe.unload_lora_weights()  # the modules go back to exactly what they were
+            loaded = {n for names in pipe.get_list_adapters().values() for n in names}
+            if lora.name in loaded:
+                pipe.delete_adapters([lora.name])
+            if model.adapters:
+                pipe.disable_lora()
+            raise ModelError(f"cannot apply the LoRA {lora.path.name}: {exc}") from exc
+        model.adapters[lora.name] = None
+    stale = [name for name in model.adapters if name not in wanted]
+    excess = len(model.adapters) - MAX_RESIDENT_ADAPTERS
+    if excess > 0:
+        drop = stale[:excess]
+        pipe.delete_adapters(drop)
+        for name in drop:
+            del model.adapters[name]
+    pipe.set_adapters(wanted, adapter_weights=[lora.weight for lora in loras])
+    pipe.enable_lora()
