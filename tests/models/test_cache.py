@@ -131,3 +131,53 @@ def test_budget_must_be_positive() -> None:
     with pytest.raises(InvalidInput) as info:
         ModelCache(0)
     assert info.value.field == "model_cache_bytes"
+
+
+def test_models_being_loaded_count_against_the_budget() -> None:
+    cache = ModelCache(100)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow():
+        inside.set()
+        release.wait(10)
+        return Fake("first", 60)
+
+    first = threading.Thread(target=lambda: use_with(cache, "first", slow, 60))
+    first.start()
+    inside.wait(10)
+    use(cache, "idle", 30)  # fits beside the 60 being loaded
+    assert "idle" in cache
+    with cache.lease("second", loader("second", 60), estimate=60):
+        # 60 loading + 60 more does not fit: the idle model made room, nothing else could
+        assert "idle" not in cache
+        release.set()
+        first.join()
+    assert cache.stats().loads == 3
+
+
+def use_with(cache: ModelCache, name: str, load, size: int) -> None:
+    with cache.lease(name, load, estimate=size):
+        pass
+
+
+def test_a_failing_size_estimate_does_not_wedge_the_key() -> None:
+    class Broken:
+        @property
+        def nbytes(self) -> int:
+            raise RuntimeError("no size")
+
+    cache = ModelCache(100)
+    with pytest.raises(RuntimeError), cache.lease("x", Broken):
+        pass
+    use(cache, "x")  # would wait forever if "x" were still marked as loading
+    assert "x" in cache
+
+
+def test_evict_frees_the_model_at_once() -> None:
+    cache = ModelCache(10**9)
+    with cache.lease("m", lambda: torch.nn.Linear(10, 10)) as module:
+        ref = weakref.ref(module)
+        del module
+    assert cache.evict("m") and ref() is None
+    assert not cache.evict("m")

@@ -130,7 +130,7 @@ class ModelCache:
         self.budget_bytes = budget_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest use first
         self._lock = threading.Condition()
-        self._loading: set[str] = set()
+        self._loading: dict[str, int] = {}  # key → estimated bytes, while it loads
         self._on_evict = on_evict
         self._loads = self._hits = self._evictions = 0
 
@@ -188,39 +188,47 @@ class ModelCache:
                 self._lock.notify_all()
 
     def _acquire(self, key: str, load: Callable[[], Any], estimate: int | None, exclusive: bool):
-        with self._lock:
-            while key in self._loading:  # another thread is loading it: wait, then share
-                self._lock.wait()
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._hits += 1
-                entry.users += 1
-                self._entries.move_to_end(key)
-                return entry
-            self._make_room(estimate or 0, keep=key)
-            self._loading.add(key)
+        evicted: list[tuple[str, Any]] = []
+        try:
+            with self._lock:
+                while key in self._loading:  # another thread is loading it: wait, then share
+                    self._lock.wait()
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._hits += 1
+                    entry.users += 1
+                    self._entries.move_to_end(key)
+                    return entry
+                evicted = self._make_room(estimate or 0, keep=key)
+                self._loading[key] = estimate or 0  # counted while it loads
+        finally:
+            self._release(evicted)  # outside the lock: freeing may take a while
         try:
             value = load()
+            size = estimate_bytes(value) or (estimate or 0)
         except BaseException:
             with self._lock:
-                self._loading.discard(key)
+                del self._loading[key]
                 self._lock.notify_all()
             raise
-        size = estimate_bytes(value) or (estimate or 0)
         with self._lock:
-            self._loading.discard(key)
+            del self._loading[key]
             entry = _Entry(value, size, users=1, lock=threading.Lock() if exclusive else None)
             self._entries[key] = entry
             self._loads += 1
-            self._make_room(0, keep=key)  # the measured size may exceed the estimate
+            evicted = self._make_room(0, keep=key)  # the measured size may exceed the estimate
             self._lock.notify_all()
-            return entry
+        del value
+        self._release(evicted)
+        return entry
 
-    def _make_room(self, incoming: int, *, keep: str) -> None:
-        """Evict idle models, oldest use first, until `incoming` more bytes fit (lock held)."""
+    def _make_room(self, incoming: int, *, keep: str) -> list[tuple[str, Any]]:
+        """Take idle models out, oldest use first, until `incoming` more bytes fit beside the
+        resident and loading ones (lock held). Returns them, to be released without the lock."""
         evicted: list[tuple[str, Any]] = []
+        loading = sum(self._loading.values())
         for key in list(self._entries):
-            if self._resident() + incoming <= self.budget_bytes:
+            if self._resident() + loading + incoming <= self.budget_bytes:
                 break
             entry = self._entries[key]
             if key == keep or entry.users > 0:
@@ -229,14 +237,16 @@ class ModelCache:
             self._evictions += 1
             evicted.append((key, entry.value))
             entry.value = None
-        if evicted:
-            self._release(evicted)
+        return evicted
 
     def _release(self, evicted: list[tuple[str, Any]]) -> None:
         """Tell `on_evict`, then drop the last references so the memory really goes."""
+        if not evicted:
+            return
         if self._on_evict is not None:
             for key, value in evicted:
                 self._on_evict(key, value)
+            del value
         evicted.clear()
         gc.collect()
         torch = sys.modules.get("torch")
@@ -251,13 +261,17 @@ class ModelCache:
                 return False
             del self._entries[key]
             self._evictions += 1
-            value, entry.value = entry.value, None
-            self._release([(key, value)])
-            del value
-            return True
+            evicted = [(key, entry.value)]
+            entry.value = None
+            del entry
+        self._release(evicted)
+        return True
+
+    def evict_matching(self, prefix: str) -> int:
+        """Drop the idle models whose keys start with `prefix`; returns how many went."""
+        return sum(self.evict(key) for key in self.keys() if key.startswith(prefix))
 
     def clear(self) -> None:
         """Drop every idle model."""
-        with self._lock:
-            for key in list(self._entries):
-                self.evict(key)
+        for key in self.keys():
+            self.evict(key)
