@@ -206,3 +206,26 @@ def test_single_file_sdxl_imports_and_generates_offline(tiny_models: Path, tmp_p
     first, second = tmp_path / "out-0.png", tmp_path / "out-1.png"
     assert Image.open(first).size == (64, 64) and Image.open(second).size == (64, 64)
     assert first.read_bytes() != second.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("files", "why"),
+    [
+        ({"model_index.json": '{"unet": ["os", "system"]}'}, "not diffusers or transformers"),
+        ({"model_index.json": "{}", "../escape.json": "{}"}, "may not be written"),
+        ({"model_index.json": "{}", "a.json": "{}", "a.json/b.json": "{}"}, "cannot be written"),
+        ({"unet/config.json": "{}"}, "model_index.json"),
+    ],
+)
+def test_embedded_configs_are_checked(tmp_path: Path, files: dict, why: str) -> None:
+    from assetbox.models.families import CONFIG_METADATA_KEY
+
+    shapes = {
+        "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+        "conditioner.embedders.1.model.positional_embedding": (77, 8),
+    }
+    path = fake(tmp_path / "x.safetensors", shapes, {CONFIG_METADATA_KEY: json.dumps(files)})
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(UnsupportedFormat, match=why):
+        import_model(store, path)
+    assert store.list() == [] and not (tmp_path / "escape.json").exists()

@@ -176,6 +176,7 @@ def test_cancel_a_50_step_generation_within_one_step(tiny_models: Path, tmp_path
         ({"model": "missing-model"}, 404, "model"),
         ({"prompts": []}, 422, "prompts"),
         ({"steps": 0}, 422, "steps"),
+        ({"seed": 2**32 - 1, "num_images_per_prompt": 2}, 422, "seed"),
     ],
 )
 def test_invalid_requests_name_the_field_and_queue_nothing(
@@ -228,3 +229,54 @@ def test_uploads_and_listing_of_diffusion_models(tiny_models: Path, tmp_path: Pa
         assert client.post("/v1/generate", json=body, headers=WAIT).json()["status"] == (
             "succeeded"
         )
+
+
+def test_edit_refuses_a_strength_that_leaves_no_step(tiny_models: Path, tmp_path: Path) -> None:
+    from tests.utils.images import encode_pil, photo
+
+    image = base64.b64encode(encode_pil(photo("chelsea")[:64, :64].copy())).decode()
+    with make_client(tiny_models, tmp_path / "data", ["tiny-sd15"]) as client:
+        body = {"model": "tiny-sd15", "image": image, "steps": 1, "strength": 0.5}
+        response = client.post("/v1/edit", json=body)
+        assert response.status_code == 422 and response.json()["field"] == "strength"
+        assert client.get("/v1/jobs").json()["data"] == []
+
+
+def test_upscale_then_edit_of_the_same_image_on_one_worker(
+    tiny_models: Path, tmp_path: Path, builtin_store
+) -> None:
+    import shutil
+
+    from tests.utils.images import encode_pil, photo
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_store.root, data_dir / "models")
+    png = base64.b64encode(encode_pil(photo("chelsea")[:64, :64].copy())).decode()
+    with make_client(tiny_models, data_dir, ["tiny-sd15"]) as client:
+        upscaled = client.post(
+            "/v1/upscale", json={"image": png, "model": "realesr-animevideov3-x2"}, headers=WAIT
+        ).json()
+        assert upscaled["status"] == "succeeded"
+        body = {"model": "tiny-sd15", "image": png, "steps": 2, "strength": 0.5}
+        edited = client.post("/v1/edit", json=body | {"width": 64, "height": 64}, headers=WAIT)
+        assert edited.json()["status"] == "succeeded", edited.json()
+        again = client.post(
+            "/v1/upscale",
+            json={"image": png, "model": "realesr-animevideov3-x2", "scale": 1},
+            headers=WAIT,
+        ).json()
+        assert again["status"] == "succeeded"
+
+
+def test_reuse_never_hands_out_a_random_draw_twice(tiny_models: Path, tmp_path: Path) -> None:
+    entries = ["tiny-sd15"]
+    with make_client(tiny_models, tmp_path / "data", entries, reuse_results=True) as client:
+        body = {"model": "tiny-sd15", "prompts": ["a"], "width": 64, "height": 64, "steps": 1}
+        first = client.post("/v1/generate", json=body, headers=WAIT).json()
+        second = client.post("/v1/generate", json=body, headers=WAIT).json()
+        assert first["outputs"][0]["seed"] != second["outputs"][0]["seed"]
+        seeded = body | {"seed": 5}
+        one = client.post("/v1/generate", json=seeded, headers=WAIT).json()
+        two = client.post("/v1/generate", json=seeded, headers=WAIT).json()
+        assert two["outputs"][0]["url"] != one["outputs"][0]["url"]  # its own job
+        assert png_of(client, two) == png_of(client, one)  # reused outputs, same bytes

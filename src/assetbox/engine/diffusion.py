@@ -160,6 +160,20 @@ class GeneratePlanner:
                     f"{manifest.id!r} is {family}",
                     field=f"loras.{n}.name",
                 )
+        images = len(request.prompts) * request.num_images_per_prompt
+        if request.seed is not None and request.seed + images - 1 > MAX_SEED:
+            raise InvalidInput(
+                f"`seed` + {images} images must stay at most {MAX_SEED}; use a smaller seed",
+                field="seed",
+            )
+        if isinstance(request, EditOptions):
+            steps = request.steps or DEFAULTS[family]["steps"]
+            if int(steps * request.strength) < 1:
+                raise InvalidInput(
+                    f"`strength` {request.strength} of {steps} steps leaves no step to run: "
+                    f"use at least {1 / steps:.3g}",
+                    field="strength",
+                )
         if isinstance(request, EditOptions) and request.controlnet is not None:
             net = store.get(request.controlnet.model, "controlnet", field="controlnet.model")
             if net.family != family:
@@ -181,10 +195,12 @@ class GeneratePlanner:
         ]
 
     def _image(self, ref: str, ctx: UnitContext, field: str) -> np.ndarray:
-        key = f"image:{ref}"
-        if key not in ctx.cache:
-            for old in [k for k in ctx.cache if k.startswith("image:")][1:]:
-                del ctx.cache[old]  # the input and a control image are enough
+        key = f"diffusion-image:{ref}"  # not upscale's "image:" entries (another type)
+        if key in ctx.cache:
+            ctx.cache[key] = ctx.cache.pop(key)  # now the newest
+        else:
+            for old in [k for k in ctx.cache if k.startswith("diffusion-image:")][:-1]:
+                del ctx.cache[old]  # an input and its control image are enough
             data = blob_path(ctx.data_dir, ref).read_bytes()
             decoded: DecodedImage = decode_image(data, field=field)
             rgb = decoded.rgb

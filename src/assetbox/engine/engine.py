@@ -113,9 +113,6 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
         if start:
             self._thread.start()
-            for job in self.store.list(status=JobStatus.QUEUED, limit=100_000):
-                if job.delivery and job.delivery.webhook_events == "all":
-                    self._deliver_webhook(job.id)  # followers of jobs from before a restart
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -153,8 +150,10 @@ class Engine:
             check_delivery(delivery, self.settings)
         digest = request_hash(kind, validated)
         fill = getattr(planner, "fill", None)
+        drawn = False
         if fill is not None:  # what is drawn at queueing (seeds), after hashing the request
-            validated = fill(validated)
+            filled = fill(validated)
+            drawn, validated = filled is not validated, filled
         if idempotency_key is None:
             queued = self.store.count(JobStatus.QUEUED)
             if queued >= self.settings.max_queued_jobs:
@@ -166,15 +165,13 @@ class Engine:
         job, new = self.store.create_job(
             kind, validated.model_dump(mode="json"), digest, idempotency_key, delivery
         )
-        if new and self.settings.reuse_results:
+        if new and self.settings.reuse_results and not drawn:  # a random draw is not a repeat
             earlier = self.store.find_reusable(kind, digest)
             if earlier is not None and earlier.id != job.id:
                 job = self.store.finish(
                     job.id, JobStatus.SUCCEEDED, outputs=earlier.outputs, reused_from=earlier.id
                 )
                 self._deliver_webhook(job.id)
-        if new and delivery is not None and delivery.webhook_events == "all":
-            self._deliver_webhook(job.id)  # its follower posts events from the first
         with self._wake:
             self._wake.notify_all()
         return job
@@ -235,7 +232,8 @@ class Engine:
         return put_blob(self.data_dir, data)
 
     def output_path(self, job: Job, index: int) -> Path:
-        return self.files / job.id / "outputs" / Path(job.outputs[index].path).name
+        # A reused job's outputs are the earlier job's files: follow the recorded path.
+        return self.data_dir / job.outputs[index].path
 
     def close(self) -> None:
         """Stop taking jobs; the running one finishes its current units."""
@@ -267,8 +265,9 @@ class Engine:
         """Send a job's webhook on its own thread (retries must not hold the queue).
 
         `webhook_events: terminal` sends the finished job once. `all` starts (once per job and
-        process) a follower that POSTs every event in order, then the finished job; it records
-        the last event sent, so after a restart it goes on from there.
+        process, when the job starts or is cancelled while queued) a follower that POSTs every
+        event in order, then the finished job; it records the last event sent, so after a
+        restart it goes on from there (the job is queued again and followed when it runs).
         """
         job = self.store.get(job_id)
         if not (job.delivery and job.delivery.webhook_url):
@@ -293,6 +292,15 @@ class Engine:
         thread.start()
 
     def _follow_events(self, job_id: str, url: str, secret: bytes) -> None:
+        try:
+            self._follow(job_id, url, secret)
+        except Exception:  # a store or network surprise must not pass silently
+            log.exception("webhook follower stopped", extra={"job_id": job_id})
+        finally:
+            with self._wake:
+                self._followed.discard(job_id)
+
+    def _follow(self, job_id: str, url: str, secret: bytes) -> None:
         job = self.store.get(job_id)
         since = (job.webhook.last_seq or 0) if job.webhook else 0
         failed = job.webhook.events_failed if job.webhook else 0
@@ -321,6 +329,10 @@ class Engine:
                 )
             if self._closing.is_set():
                 return  # the next start follows on from `last_seq`
+            if self.store.get(job_id).status.is_terminal() and not any(
+                True for _ in self.store.events(job_id, since)
+            ):
+                return  # its terminal event went out before (an earlier follower)
             time.sleep(0.1)
 
     # -- scheduling -----------------------------------------------------------------------------
@@ -339,6 +351,7 @@ class Engine:
                 continue
             started = time.monotonic()
             peak_before = _peak_rss_mb()
+            self._deliver_webhook(job.id)  # webhook_events=all: follow it from its first event
             try:
                 self._run(job)
             except Exception as exc:  # the scheduler must outlive any one job

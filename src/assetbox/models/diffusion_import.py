@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from importlib import resources
@@ -116,27 +117,45 @@ def write_config(folder: Path, weights: Path, family: Family) -> None:
         write_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_LIBRARIES = ("diffusers", "transformers")
+
+
 def _write_embedded(folder: Path, embedded: str) -> None:
+    """Write a config folder carried in metadata: {relative path: text}. Names are plain
+    relative paths of .json/.txt files, and model_index.json may only name components of
+    diffusers and transformers (diffusers imports the library a component names)."""
+
+    def refuse(why: str) -> UnsupportedFormat:
+        return UnsupportedFormat(f"the checkpoint's {CONFIG_METADATA_KEY} {why}", field="path")
+
     try:
         files = json.loads(embedded)
-        assert isinstance(files, dict)
-    except (ValueError, AssertionError) as exc:
-        raise UnsupportedFormat(
-            f"the checkpoint's {CONFIG_METADATA_KEY} metadata is not a JSON object", field="path"
-        ) from exc
+    except ValueError as exc:
+        raise refuse("metadata is not JSON") from exc
+    if not isinstance(files, dict) or "model_index.json" not in files:
+        raise refuse("metadata is not an object with a model_index.json")
     for name, text in files.items():
-        relative = PurePosixPath(name)
+        parts = name.split("/")
         if (
-            relative.is_absolute()
-            or ".." in relative.parts
+            not all(_NAME.match(part) for part in parts)
+            or ".." in parts
             or not name.endswith((".json", ".txt"))
             or not isinstance(text, str)
         ):
-            raise UnsupportedFormat(
-                f"the checkpoint's {CONFIG_METADATA_KEY} names a file {name!r} that may not be "
-                "written",
-                field="path",
-            )
-        target = folder.joinpath(*relative.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+            raise refuse(f"names a file {name!r} that may not be written")
+    try:
+        index = json.loads(files["model_index.json"])
+        components = {k: v for k, v in index.items() if not k.startswith("_")}
+    except (ValueError, AttributeError) as exc:
+        raise refuse("has a model_index.json that is no JSON object") from exc
+    for component, value in components.items():
+        if isinstance(value, list) and value[:1] not in ([None], *([lib] for lib in _LIBRARIES)):
+            raise refuse(f"names {component} from {value[0]!r}, not diffusers or transformers")
+    try:
+        for name, text in files.items():
+            target = folder.joinpath(*PurePosixPath(name).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+    except OSError as exc:  # e.g. a file and a folder of the same name
+        raise refuse(f"cannot be written as files: {exc}") from exc

@@ -330,7 +330,7 @@ def _use_loras(model: DiffusionModel, pipe: Any, loras: Sequence[LoraUse]) -> No
             loaded = {n for names in pipe.get_list_adapters().values() for n in names}
             if lora.name not in loaded:  # diffusers skips keys it does not know, silently
                 raise ValueError(f"no layer of the model matched the LoRA {lora.path.name}")
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # whatever it was, no half-applied adapter may stay active
             loaded = {n for names in pipe.get_list_adapters().values() for n in names}
             if lora.name in loaded:
                 pipe.delete_adapters([lora.name])
