@@ -280,3 +280,16 @@ def test_reuse_never_hands_out_a_random_draw_twice(tiny_models: Path, tmp_path: 
         two = client.post("/v1/generate", json=seeded, headers=WAIT).json()
         assert two["outputs"][0]["url"] != one["outputs"][0]["url"]  # its own job
         assert png_of(client, two) == png_of(client, one)  # reused outputs, same bytes
+
+
+def test_a_deleted_model_leaves_memory(tiny_models: Path, tmp_path: Path) -> None:
+    with make_client(tiny_models, tmp_path / "data", ["tiny-sd15"]) as client:
+        body = {"model": "tiny-sd15", "prompts": ["a"], "width": 64, "height": 64, "steps": 1}
+        assert client.post("/v1/generate", json=body, headers=WAIT).json()["status"] == (
+            "succeeded"
+        )
+        assert client.get("/health").json()["loaded_models"]
+        assert client.delete("/v1/models/tiny-sd15").status_code == 200
+        assert client.get("/health").json()["loaded_models"] == []
+        response = client.post("/v1/generate", json=body)
+        assert response.status_code == 404 and response.json()["field"] == "model"

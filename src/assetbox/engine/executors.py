@@ -68,6 +68,15 @@ class Executor(Protocol):
 
     def loaded_models(self) -> list[str]: ...
 
+    def forget(self, model_id: str) -> None:
+        """Drop a model deleted from the store from the workers' caches (idle ones)."""
+        ...
+
+
+def model_key_prefixes(model_id: str) -> tuple[str, ...]:
+    """The cache-key prefixes a model's entries have (upscalers, checkpoints, ControlNets)."""
+    return (f"{model_id}:", f"checkpoint:{model_id}:", f"controlnet:{model_id}:")
+
 
 class LocalExecutor:
     """`workers` threads in this process sharing one model cache (they share the device), each
@@ -92,6 +101,10 @@ class LocalExecutor:
     def loaded_models(self) -> list[str]:
         """Keys of the resident models (``<model>:<sha>:<engine>``), least recently used first."""
         return self.models.keys()
+
+    def forget(self, model_id: str) -> None:
+        for prefix in model_key_prefixes(model_id):
+            self.models.evict_matching(prefix)
 
     def submit(
         self,

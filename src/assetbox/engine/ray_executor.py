@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from assetbox.engine.engine import WorkerDied
-from assetbox.engine.executors import UnitTask, run_task
+from assetbox.engine.executors import UnitTask, model_key_prefixes, run_task
 from assetbox.errors import InvalidInput
 from assetbox.models.cache import CacheStats, ModelCache
 
@@ -51,6 +51,10 @@ class _Worker:
 
     def stats(self) -> CacheStats:
         return self.models.stats()
+
+    def forget(self, model_id: str) -> None:
+        for prefix in model_key_prefixes(model_id):
+            self.models.evict_matching(prefix)
 
     def run(self, task: UnitTask) -> bytes:
         return run_task(task, self.cache, self.models, lambda: False, lambda step, steps: None)
@@ -159,6 +163,12 @@ class RayExecutor:
     def loaded_models(self) -> list[str]:
         """The models the actors hold."""
         return self.cache_stats().models
+
+    def forget(self, model_id: str) -> None:
+        with self._lock:
+            actors = list(self._actors)
+        for actor in actors:
+            actor.forget.remote(model_id)  # no wait: a busy actor drops it when it is idle
 
     def close(self) -> None:
         for actor in self._actors:

@@ -13,7 +13,7 @@ from assetbox.engine.upscale import model_store
 from assetbox.errors import InvalidInput
 from assetbox.models.store import Family, ModelKind, ModelManifest
 from assetbox.models.uploads import UploadCreate, Uploads, UploadState
-from assetbox.server.deps import SettingsDep
+from assetbox.server.deps import EngineDep, SettingsDep
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -83,5 +83,8 @@ def complete_upload(upload_id: str, settings: SettingsDep) -> ModelManifest:
 
 
 @router.delete("/{model_id}", response_model=ModelManifest)
-def delete_model(model_id: str, settings: SettingsDep) -> ModelManifest:
-    return model_store(settings).remove(model_id)
+def delete_model(model_id: str, settings: SettingsDep, engine: EngineDep) -> ModelManifest:
+    """Delete a model from the store, and from the workers' memory once idle."""
+    manifest = model_store(settings).remove(model_id)
+    engine.executor.forget(model_id)
+    return manifest
