@@ -177,6 +177,7 @@ def test_cancel_a_50_step_generation_within_one_step(tiny_models: Path, tmp_path
         ({"prompts": []}, 422, "prompts"),
         ({"steps": 0}, 422, "steps"),
         ({"seed": 2**32 - 1, "num_images_per_prompt": 2}, 422, "seed"),
+        ({"negative_prompt": "blurry"}, 422, "negative_prompt"),
     ],
 )
 def test_invalid_requests_name_the_field_and_queue_nothing(

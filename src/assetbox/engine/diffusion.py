@@ -160,6 +160,11 @@ class GeneratePlanner:
                     f"{manifest.id!r} is {family}",
                     field=f"loras.{n}.name",
                 )
+        if family == "flux1" and request.negative_prompt:
+            raise InvalidInput(
+                "`negative_prompt` has no effect on Flux.1 (guidance-distilled); leave it out",
+                field="negative_prompt",
+            )
         images = len(request.prompts) * request.num_images_per_prompt
         if request.seed is not None and request.seed + images - 1 > MAX_SEED:
             raise InvalidInput(
