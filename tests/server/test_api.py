@@ -561,3 +561,35 @@ def test_logs_are_json_lines_with_request_and_job_fields(
     done = next(r for r in records if r["message"] == "job finished")
     assert done["job_id"] == job["id"] and done["kind"] == "upscale"
     assert done["model"] == "realesr-animevideov3-x2" and done["peak_rss_mb"] > 0
+
+
+def test_a_webhook_missed_in_a_crash_goes_out_at_the_next_start(tmp_path: Path) -> None:
+    import time
+
+    from assetbox.engine.engine import Engine
+    from assetbox.engine.jobs import Delivery, JobStatus
+    from assetbox.engine.store import JobStore
+
+    receiver = Receiver()
+    settings = Settings(data_dir=tmp_path / "data", allow_private_urls=True)
+    try:
+        # A job that finished, and then the process died before its webhook was sent.
+        store = JobStore(settings.data_dir / "jobs.sqlite3")
+        hook = Delivery(webhook_url=f"{receiver.url}/hook")
+        job, _ = store.create_job("simulate", {"units": 1}, "h", None, hook)
+        store.finish(job.id, JobStatus.SUCCEEDED)
+        store.close()
+        engine = Engine(settings)
+        try:
+            deadline = time.monotonic() + 30
+            while engine.get(job.id).webhook is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert engine.get(job.id).webhook.ok
+            assert engine.store.undelivered_webhooks() == []
+        finally:
+            engine.close()
+        (post,) = [r for r in receiver.received if r[1] == "/hook"]
+        assert json.loads(post[3])["job_id"] == job.id
+    finally:
+        receiver.close()

@@ -113,6 +113,8 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
         if start:
             self._thread.start()
+            for job_id in self.store.undelivered_webhooks():
+                self._deliver_webhook(job_id)  # finished before a crash, never told
 
     # -- public API -----------------------------------------------------------------------------
 

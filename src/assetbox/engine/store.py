@@ -324,6 +324,27 @@ class JobStore:
                 self._event(db, job_id, "status", {"status": "queued", "reason": "restart"})
             return ids
 
+    def undelivered_webhooks(self) -> list[str]:
+        """Finished jobs whose webhook never went out, or whose event follower stopped before
+        the terminal event (a crash between finishing and delivering)."""
+        terminal = [s.value for s in JobStatus if s.is_terminal()]
+        marks = ", ".join("?" for _ in terminal)
+        with self._tx() as db:
+            rows = db.execute(
+                f"""
+                SELECT id FROM jobs
+                WHERE status IN ({marks})
+                  AND json_extract(delivery, '$.webhook_url') IS NOT NULL
+                  AND (webhook IS NULL OR (
+                      json_extract(webhook, '$.last_seq') IS NOT NULL
+                      AND json_extract(webhook, '$.last_seq')
+                          < (SELECT MAX(seq) FROM events WHERE events.job_id = jobs.id)))
+                ORDER BY created_at
+                """,
+                terminal,
+            ).fetchall()
+        return [row["id"] for row in rows]
+
     def set_webhook(self, job_id: str, outcome: WebhookOutcome) -> None:
         with self._tx() as db:
             db.execute(
