@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from assetbox.atomic_files import write_atomically
@@ -15,7 +19,31 @@ def put_blob(data_dir: Path, data: bytes) -> str:
     path = data_dir / "blobs" / digest
     if not path.is_file():
         write_atomically(path, data)
+    else:
+        os.utime(path)  # fresh again: `collect_blobs` leaves young blobs alone
     return f"sha256:{digest}"
+
+
+BLOB_REF = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def collect_blobs(data_dir: Path, referenced: Iterable[str], *, older_than_s: float) -> int:
+    """Delete blobs no job refers to and nobody stored for `older_than_s` seconds (inputs of
+    refused submits); returns how many went. Young blobs may belong to a submit in progress."""
+    keep = {match.group(1) for ref in referenced for match in BLOB_REF.finditer(ref)}
+    folder = data_dir / "blobs"
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in folder.iterdir():
+        try:
+            if path.name not in keep and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process collected it
+            continue
+    return removed
 
 
 def blob_path(data_dir: Path, ref: str, *, field: str = "image") -> Path:

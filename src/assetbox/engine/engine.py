@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from assetbox.atomic_files import write_atomically
 from assetbox.config import Settings, get_settings
-from assetbox.engine.blobs import put_blob
+from assetbox.engine.blobs import collect_blobs, put_blob
 from assetbox.engine.delivery import (
     check_delivery,
     send_webhook,
@@ -46,6 +46,9 @@ from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory,
 from assetbox.logs import get_logger
 
 log = get_logger("engine")
+# Inputs no job refers to (a refused submit's) are deleted at start once this old: a younger one
+# may belong to a submit between storing its blob and queueing.
+BLOB_GRACE_S = 3600.0
 
 # Errors after which the same unit may well succeed: out of memory (another time, another
 # worker) and a worker that died under it. Everything else is the input's fault.
@@ -112,6 +115,7 @@ class Engine:
         self.recovered = self.store.requeue_interrupted()
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
         if start:
+            collect_blobs(self.data_dir, self.store.requests(), older_than_s=BLOB_GRACE_S)
             self._thread.start()
             for job_id in self.store.undelivered_webhooks():
                 self._deliver_webhook(job_id)  # finished before a crash, never told

@@ -324,6 +324,11 @@ class JobStore:
                 self._event(db, job_id, "status", {"status": "queued", "reason": "restart"})
             return ids
 
+    def requests(self) -> list[str]:
+        """Every job's request as stored (JSON text), e.g. to find the blobs they refer to."""
+        with self._tx() as db:
+            return [row["request"] for row in db.execute("SELECT request FROM jobs").fetchall()]
+
     def undelivered_webhooks(self) -> list[str]:
         """Finished jobs whose webhook never went out, or whose event follower stopped before
         the terminal event (a crash between finishing and delivering)."""
