@@ -181,3 +181,12 @@ def test_evict_frees_the_model_at_once() -> None:
         del module
     assert cache.evict("m") and ref() is None
     assert not cache.evict("m")
+
+
+def test_a_model_that_grew_is_measured_again() -> None:
+    cache = ModelCache(250)
+    use(cache, "old", 100)
+    with cache.lease("grows", loader("grows", 100), estimate=100) as model:
+        model.nbytes = 200  # e.g. adapters loaded into it
+    cache.remeasure("grows")
+    assert cache.stats().resident_bytes == 200 and "old" not in cache

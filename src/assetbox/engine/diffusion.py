@@ -278,8 +278,9 @@ class GeneratePlanner:
                 quantization=quantization,
             )
 
+        key = f"checkpoint:{manifest.id}:{manifest.sha256[:12]}"
         with ctx.models.lease(
-            f"checkpoint:{manifest.id}:{manifest.sha256[:12]}",
+            key,
             load,
             estimate=files_bytes(folder),
             exclusive=True,  # schedulers and adapters are state: one run at a time
@@ -304,6 +305,8 @@ class GeneratePlanner:
                         should_stop=ctx.should_stop,
                         report_step=ctx.report_step,
                     )
+        if request.loras:
+            ctx.models.remeasure(key)  # adapters stay loaded: count their memory too
         buffer = io.BytesIO()
         elapsed = np.array([(time.perf_counter() - started) * 1000], dtype=np.float64)
         np.savez(buffer, images=np.stack(images), elapsed_ms=elapsed)

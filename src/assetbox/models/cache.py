@@ -253,6 +253,23 @@ class ModelCache:
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def remeasure(self, key: str) -> None:
+        """Measure a resident model again (it grew, e.g. LoRA adapters loaded into it) and make
+        room for the difference."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            value = entry.value
+        size = estimate_bytes(value)  # outside the lock: walks every tensor
+        del value
+        with self._lock:
+            if self._entries.get(key) is not entry or not size:
+                return
+            entry.size = size
+            evicted = self._make_room(0, keep=key)
+        self._release(evicted)
+
     def evict(self, key: str) -> bool:
         """Drop an idle model now (e.g. deleted from the store). False when absent or in use."""
         with self._lock:
