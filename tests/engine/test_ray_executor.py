@@ -103,3 +103,18 @@ def test_units_go_to_a_free_worker_that_holds_their_model() -> None:
     executor._busy = [True, True, True]
     with pytest.raises(RuntimeError, match="no free Ray worker"):
         executor._pick("model-a")
+
+
+def test_ray_units_report_steps_and_stop_when_cancelled(ray_engine: Engine) -> None:
+    import time
+
+    job = ray_engine.submit("simulate", {"units": 1, "steps": 100, "unit_seconds": 20})
+    deadline = time.monotonic() + 60
+    while (ray_engine.get(job.id).progress.step or 0) < 3:  # steps arrive from the actor
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled = ray_engine.cancel(job.id)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.progress.step < 100  # the unit stopped, it did not run to its end
+    (unit,) = ray_engine.store.units(job.id)
+    assert unit.status != UnitStatus.DONE

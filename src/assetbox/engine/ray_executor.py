@@ -2,7 +2,9 @@
 
 Units go to a free actor, preferring one that ran a unit of the same model last (its cache holds
 the model). An actor that dies is replaced, and its unit comes back to the engine as
-`WorkerDied`, which the engine retries. Ray is an optional extra, imported only here.
+`WorkerDied`, which the engine retries. While a unit runs, a watcher thread relays its step
+progress and a cancel to the actor every `WATCH_INTERVAL_S`. Ray is an optional extra, imported
+only here.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def _ray():
 class _Worker:
     """The actor's body: runs units with caches that live as long as the actor.
 
-    The actor is threaded (`max_concurrency=2`) so that `stats` answers while a unit runs; the
-    executor still sends it one unit at a time.
+    The actor is threaded (`max_concurrency=2`) so that `stats`, `progress` and `cancel`
+    answer while a unit runs; the executor still sends it one unit at a time.
     """
 
     def __init__(self, budget_bytes: int | None, share: int) -> None:
@@ -45,6 +47,8 @@ class _Worker:
             budget_bytes = default_budget(device) // (1 if device != "cpu" else share)
         self.cache: dict[str, Any] = {}
         self.models = ModelCache(budget_bytes)
+        self._stop = threading.Event()
+        self._step = (0, 0)
 
     def ping(self) -> int:
         return os.getpid()
@@ -57,7 +61,27 @@ class _Worker:
             self.models.evict_matching(prefix)
 
     def run(self, task: UnitTask) -> bytes:
-        return run_task(task, self.cache, self.models, lambda: False, lambda step, steps: None)
+        self._stop.clear()
+        self._step = (0, 0)
+
+        def report(step: int, steps: int) -> None:
+            self._step = (step, steps)
+
+        try:
+            return run_task(task, self.cache, self.models, self._stop.is_set, report)
+        finally:
+            self._step = (0, 0)  # no stale progress for the next unit's watcher
+
+    def progress(self) -> tuple[int, int]:
+        """(step, steps) of the running unit."""
+        return self._step
+
+    def cancel(self) -> None:
+        """Stop the running unit at its next step."""
+        self._stop.set()
+
+
+WATCH_INTERVAL_S = 0.2  # how often a running unit's progress and cancellation are relayed
 
 
 def model_key(task: UnitTask) -> str | None:
@@ -112,8 +136,6 @@ class RayExecutor:
         should_stop: Callable[[], bool],
         report_step: Callable[[int, int], None],
     ) -> Future[bytes]:
-        # Step progress and cancellation inside a unit stay on this side: a Ray unit runs to
-        # its end, and the engine starts no further units of a cancelled job.
         key = model_key(task)
         with self._lock:
             slot = self._pick(key)
@@ -146,7 +168,39 @@ class RayExecutor:
                 result.set_exception(error)
 
         ref_future.add_done_callback(done)
+        threading.Thread(
+            target=self._watch,
+            args=(actor, ref_future, should_stop, report_step),
+            name="ray-unit-watch",
+            daemon=True,
+        ).start()
         return result
+
+    def _watch(
+        self,
+        actor: Any,
+        running: Future,
+        should_stop: Callable[[], bool],
+        report_step: Callable[[int, int], None],
+    ) -> None:
+        """While a unit runs: relay its step progress, and a cancel to the actor."""
+        last = (0, 0)
+        cancelled = False
+        while not running.done():
+            try:
+                if should_stop() and not cancelled:
+                    actor.cancel.remote()
+                    cancelled = True
+                step = tuple(self._ray.get(actor.progress.remote(), timeout=5))
+            except Exception:  # the actor died or is busy: the unit's own future tells
+                step = last
+            if step != last and step[1]:
+                report_step(*step)
+                last = step
+            try:
+                running.result(timeout=WATCH_INTERVAL_S)
+            except Exception:  # not done yet (TimeoutError), or failed: checked above
+                continue
 
     def cache_stats(self) -> CacheStats:
         """The actors' model caches, summed (an actor that does not answer in 2 s is left out)."""
