@@ -24,6 +24,20 @@ def put_blob(data_dir: Path, data: bytes) -> str:
     return f"sha256:{digest}"
 
 
+def with_images(request: dict, images: dict[str, str]) -> dict:
+    """`request` with each image value (a blob ref, or base64 for the API) at its field; a
+    dotted field such as ``controlnet.image`` goes into that nested object."""
+    full = dict(request)
+    for field, value in images.items():
+        *parents, name = field.split(".")
+        target = full
+        for parent in parents:
+            target[parent] = dict(target[parent])
+            target = target[parent]
+        target[name] = value
+    return full
+
+
 BLOB_REF = re.compile(r"sha256:([0-9a-f]{64})")
 
 

@@ -8,26 +8,13 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from assetbox.server.deps import EngineDep
-from assetbox.server.routers.upscale import image_bytes, parse_json, submit_job
-from assetbox.server.schemas import EditCreate, GenerateCreate, JobPublic
+from assetbox.server.schemas import EditCreate, GenerateCreate
+from assetbox.server.submit import image_bytes, job_route, parse_json, submit_job
 
 router = APIRouter(prefix="/v1", tags=["diffusion"])
-_RESPONSES = {200: {"model": JobPublic, "description": "finished within `Prefer: wait=N`"}}
 
 
-@router.post(
-    "/generate",
-    status_code=202,
-    response_model=JobPublic,
-    response_model_exclude_none=True,
-    responses=_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": GenerateCreate.model_json_schema()}},
-            "required": True,
-        }
-    },
-)
+@router.post("/generate", **job_route(GenerateCreate))
 async def create_generate(
     request: Request,
     engine: EngineDep,
@@ -40,19 +27,7 @@ async def create_generate(
     return await submit_job(engine, "generate", body, body.options(), {}, prefer, idempotency_key)
 
 
-@router.post(
-    "/edit",
-    status_code=202,
-    response_model=JobPublic,
-    response_model_exclude_none=True,
-    responses=_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": EditCreate.model_json_schema()}},
-            "required": True,
-        }
-    },
-)
+@router.post("/edit", **job_route(EditCreate))
 async def create_edit(
     request: Request,
     engine: EngineDep,
@@ -67,12 +42,5 @@ async def create_edit(
         images["controlnet.image"] = await image_bytes(
             request, body.controlnet.image, "controlnet.image"
         )
-    options = body.options()
-    if body.controlnet is not None:
-        options["controlnet"] = {
-            k: v for k, v in options["controlnet"].items() if k != "image" and v is not None
-        }
-    return await submit_job(engine, "edit", body, options, images, prefer, idempotency_key)
-
-
-__all__ = ["router"]
+    # The blobs take the images' places (options carry the base64 or URL until then).
+    return await submit_job(engine, "edit", body, body.options(), images, prefer, idempotency_key)
