@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -93,21 +94,14 @@ def upscale(
     """Upscale an image with a Real-ESRGAN-class model (built-in models need no download)."""
     from pydantic import ValidationError
 
-    from assetbox.config import get_settings
-    from assetbox.engine.engine import Engine
-    from assetbox.engine.jobs import JobStatus
-    from assetbox.engine.upscale import UpscaleOptions, format_for_path, model_store
-    from assetbox.imaging import probe_image
+    from assetbox.engine.upscale import UpscaleOptions, format_for_path
 
     try:
         fmt = format_for_path(output)
         if scale is not None and scale not in (2, 3, 4):
             raise InvalidInput(f"`scale` must be 2, 3 or 4 but is {scale}", field="scale")
-        try:
-            data = input.read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {input}: {exc.strerror}", field="input") from exc
-        probe_image(data, field="image")  # a bad file fails here, before any job exists
+        # A bad file fails here, before any job exists.
+        data = _read_input(input, "image", argument="input")
         options = {
             "model": model,
             "scale": scale,
@@ -123,7 +117,6 @@ def upscale(
             UpscaleOptions(**options)  # type: ignore[arg-type]
         except ValidationError as exc:
             raise InvalidInput.from_validation(exc) from exc
-
         # The same command again picks up the same job: after a crash it resumes, and
         # units already done are not computed again.
         key = (
@@ -132,54 +125,25 @@ def upscale(
                 json.dumps(options, sort_keys=True).encode() + hashlib.sha256(data).digest()
             ).hexdigest()
         )
-        show = err.is_terminal
-        server = server or get_settings().server_url
-        if server:
-            job_id, result, size = _run_remote(server, "upscale", data, options, key, show)
-            write_atomically(output, result)
-            if show:
-                err.print(f"wrote {output} ({size[0]}x{size[1]}, job {job_id})", highlight=False)
-            return
-
-        from assetbox.models.builtin import ensure_upscaler
-
-        settings = get_settings().model_copy(update={"executor": "local", "workers": 1})
-        # A built-in model's first use converts it (once), with a message, before the job.
-        ensure_upscaler(
-            model_store(settings), model, progress=lambda text: err.print(text, highlight=False)
+        job_id, (result,) = _run_job(
+            "upscale", options, {"image": data}, server, key=key, progress="units"
         )
-        job_engine = Engine(settings)
-        try:
-            blob = job_engine.put_blob(data)
-            request = {"image": blob, **options}
-            job = job_engine.submit("upscale", request, idempotency_key=key)
-            if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                job = job_engine.submit("upscale", request)  # try again, not the old outcome
-            with _progress("upscaling", show) as bar:
-                task = bar.add_task("upscale", total=None)
-                while not job.status.is_terminal():
-                    job = job_engine.wait(job.id, timeout=0.25)
-                    if job.progress.total:
-                        bar.update(task, completed=job.progress.done, total=job.progress.total)
-            if job.status != JobStatus.SUCCEEDED:
-                assert job.error is not None
-                error = InvalidInput if job.error.code in _INPUT_CODES else AssetboxError
-                raise error(job.error.message)
-            result = job_engine.output_path(job, 0).read_bytes()
-            first_output = job.outputs[0]
-        finally:
-            job_engine.close()
-        write_atomically(output, result)  # never half an output, whatever happens
+        write_atomically(output, result.data)  # never half an output, whatever happens
     except AssetboxError as exc:
         raise _fail(exc) from exc
-    if show:
-        err.print(
-            f"wrote {output} ({first_output.width}x{first_output.height}, job {job.id})",
-            highlight=False,
-        )
+    if err.is_terminal:
+        err.print(f"wrote {output} ({result.width}x{result.height}, job {job_id})", highlight=False)
 
 
 _INPUT_CODES = {"invalid_input", "image_too_large", "unsupported_format", "not_found"}
+
+
+@dataclass(frozen=True)
+class _Output:
+    data: bytes
+    width: int | None
+    height: int | None
+    seed: int | None
 
 
 def _progress(label: str, show: bool):
@@ -196,12 +160,113 @@ def _progress(label: str, show: bool):
         TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("units"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
         disable=not show,
     )
+
+
+def _job_error(code: str, message: str) -> AssetboxError:
+    """A failed job's error as the CLI's (exit code 2 for bad input, 1 otherwise)."""
+    return (InvalidInput if code in _INPUT_CODES else AssetboxError)(message)
+
+
+def _run_job(
+    kind: str,
+    request: dict,
+    images: dict[str, bytes],
+    server: str | None,
+    *,
+    key: str | None = None,
+    progress: str,
+) -> tuple[str, list[_Output]]:
+    """Run a job on `server` (or ASSETBOX_SERVER_URL) or, without one, in this process, with a
+    progress bar of its `progress` ("units" done or denoising "steps"); returns its id and
+    outputs. With `key`, the same command again is the same job (a failed one runs anew)."""
+    from assetbox.config import get_settings
+
+    server = server or get_settings().server_url
+    fields = ("done", "total") if progress == "units" else ("step", "steps")
+    if server:
+        return _run_remote(server, kind, request, images, key, fields)
+    return _run_local(kind, request, images, key, fields)
+
+
+def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
+    from assetbox.config import get_settings
+    from assetbox.engine.blobs import with_images
+    from assetbox.engine.engine import Engine
+    from assetbox.engine.jobs import JobStatus
+
+    settings = get_settings().model_copy(update={"executor": "local", "workers": 1})
+    if kind == "upscale":
+        from assetbox.engine.upscale import model_store
+        from assetbox.models.builtin import ensure_upscaler
+
+        # A built-in model's first use converts it (once), with a message, before the job.
+        ensure_upscaler(
+            model_store(settings),
+            request["model"],
+            progress=lambda text: err.print(text, highlight=False),
+        )
+    engine = Engine(settings)
+    try:
+        full = with_images(request, {f: engine.put_blob(data) for f, data in images.items()})
+        job = engine.submit(kind, full, idempotency_key=key)
+        if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            job = engine.submit(kind, full)  # try again, not the old outcome
+        with _progress(kind, err.is_terminal) as bar:
+            task = bar.add_task(kind, total=None)
+            while not job.status.is_terminal():
+                job = engine.wait(job.id, timeout=0.25)
+                done, total = (getattr(job.progress, name) for name in fields)
+                if total:
+                    bar.update(task, completed=done, total=total)
+        if job.status != JobStatus.SUCCEEDED:
+            assert job.error is not None
+            raise _job_error(job.error.code, job.error.message)
+        return job.id, [
+            _Output(engine.output_path(job, o.index).read_bytes(), o.width, o.height, o.seed)
+            for o in job.outputs
+        ]
+    finally:
+        engine.close()
+
+
+def _run_remote(server, kind, request, images, key, fields) -> tuple[str, list[_Output]]:
+    import base64
+
+    import httpx
+
+    from assetbox.client import ApiError
+    from assetbox.engine.blobs import with_images
+
+    body = with_images(request, {f: base64.b64encode(d).decode() for f, d in images.items()})
+    done, total = fields
+    try:
+        with _client(server) as api:
+            job = api.submit(kind, idempotency_key=key, **body)
+            if job["status"] in ("failed", "cancelled"):
+                job = api.submit(kind, **body)  # try again, not the old outcome
+            with _progress(kind, err.is_terminal) as bar:
+                task = bar.add_task(kind, total=None)
+                for event in api.events(job["id"]):
+                    data = event.get("data", {})
+                    if event.get("type") == "progress" and data.get(total):
+                        bar.update(task, completed=data[done], total=data[total])
+            job = api.job(job["id"])
+            if job["status"] != "succeeded":
+                error = job.get("error") or {"code": job["status"], "message": job["status"]}
+                raise _job_error(error["code"], error["message"])
+            return job["id"], [
+                _Output(api.output(job["id"], o["index"]), o["width"], o["height"], o.get("seed"))
+                for o in job["outputs"]
+            ]
+    except ApiError as exc:
+        raise _api_error(exc) from exc
+    except httpx.HTTPError as exc:
+        raise AssetboxError(f"cannot reach {server}: {exc}") from exc
 
 
 def _client(server: str | None = None):
@@ -225,46 +290,6 @@ def _api_error(exc) -> AssetboxError:
     return AssetboxError(f"the server answered {exc.status} {exc.code}: {exc.message}")
 
 
-def _follow_remote(api, job: dict, kind: str, show: bool, *, unit: str) -> dict:
-    """Show a server job's progress from its events (units done, or denoising steps) until it
-    ends; returns the succeeded job, or raises its error."""
-    done, total = ("done", "total") if unit == "done" else ("step", "steps")
-    with _progress(kind, show) as bar:
-        task = bar.add_task(kind, total=None)
-        for event in api.events(job["id"]):
-            progress = event.get("data", {})
-            if event.get("type") == "progress" and progress.get(total):
-                bar.update(task, completed=progress[done], total=progress[total])
-    job = api.job(job["id"])
-    if job["status"] != "succeeded":
-        error = job.get("error") or {"code": job["status"], "message": job["status"]}
-        cls = InvalidInput if error["code"] in _INPUT_CODES else AssetboxError
-        raise cls(error["message"])
-    return job
-
-
-def _run_remote(
-    server: str, kind: str, data: bytes, options: dict, key: str, show: bool
-) -> tuple[str, bytes, tuple[int, int]]:
-    """Submit a job to a server, follow its events with a progress bar, return its output."""
-    import httpx
-
-    from assetbox.client import ApiError
-
-    try:
-        with _client(server) as api:
-            job = api.submit(kind, data, idempotency_key=key, **options)
-            if job["status"] in ("failed", "cancelled"):
-                job = api.submit(kind, data, **options)  # try again, not the old outcome
-            job = _follow_remote(api, job, kind, show, unit="done")
-            output = job["outputs"][0]
-            return job["id"], api.output(job["id"], 0), (output["width"], output["height"])
-    except ApiError as exc:
-        raise _api_error(exc) from exc
-    except httpx.HTTPError as exc:
-        raise AssetboxError(f"cannot reach {server}: {exc}") from exc
-
-
 def _parse_loras(values: list[str]) -> list[dict]:
     loras = []
     for value in values:
@@ -278,107 +303,46 @@ def _parse_loras(values: list[str]) -> list[dict]:
     return loras
 
 
-def _output_paths(output: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{n}{output.suffix}") for n in range(count)]
-
-
 def _run_diffusion(
     kind: str,
-    request: dict,
+    fields: dict,
+    loras: list[str],
     images: dict[str, bytes],
     output: Path,
     server: str | None,
 ) -> None:
-    """Run a generate/edit job (on `server`, or in this process) and write its outputs."""
+    """Run a generate/edit job (on `server`, or in this process) and write its outputs:
+    OUT itself for one image, OUT-0, OUT-1, ... for several."""
     from pydantic import ValidationError
 
-    from assetbox.config import get_settings
     from assetbox.engine.diffusion import EditOptions, GenerateOptions
     from assetbox.engine.upscale import format_for_path
 
-    request = {**request, "format": format_for_path(output)}
+    request = {k: v for k, v in fields.items() if v is not None}
+    request |= {"loras": _parse_loras(loras), "format": format_for_path(output)}
     options_model = EditOptions if kind == "edit" else GenerateOptions
     try:
         options_model(**request)  # bad options fail here, before any job exists
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from exc
-    show = err.is_terminal
-    server = server or get_settings().server_url
-    if server:
-        results = _run_remote_all(server, kind, request, images, show)
-    else:
-        results = _run_local(kind, request, images, show)
-    paths = _output_paths(output, len(results))
-    for path, (data, seed) in zip(paths, results, strict=True):
-        write_atomically(path, data)
-        if show:
-            err.print(f"wrote {path} (seed {seed})", highlight=False)
+    _, results = _run_job(kind, request, images, server, progress="steps")
+    paths = [output]
+    if len(results) > 1:
+        paths = [output.with_name(f"{output.stem}-{n}{output.suffix}") for n in range(len(results))]
+    for path, result in zip(paths, results, strict=True):
+        write_atomically(path, result.data)
+        if err.is_terminal:
+            err.print(f"wrote {path} (seed {result.seed})", highlight=False)
 
 
-def _run_local(kind: str, request: dict, images: dict[str, bytes], show: bool):
-    from assetbox.config import get_settings
-    from assetbox.engine.engine import Engine
-    from assetbox.engine.jobs import JobStatus
-
-    settings = get_settings().model_copy(update={"executor": "local", "workers": 1})
-    engine = Engine(settings)
-    try:
-        for field, data in images.items():
-            blob = engine.put_blob(data)
-            if field == "controlnet.image":
-                request["controlnet"] = {**request["controlnet"], "image": blob}
-            else:
-                request[field] = blob
-        job = engine.submit(kind, request)
-        with _progress(kind, show) as bar:
-            task = bar.add_task(kind, total=None)
-            while not job.status.is_terminal():
-                job = engine.wait(job.id, timeout=0.25)
-                if job.progress.steps:
-                    bar.update(task, completed=job.progress.step, total=job.progress.steps)
-        if job.status != JobStatus.SUCCEEDED:
-            assert job.error is not None
-            error = InvalidInput if job.error.code in _INPUT_CODES else AssetboxError
-            raise error(job.error.message)
-        return [(engine.output_path(job, o.index).read_bytes(), o.seed) for o in job.outputs]
-    finally:
-        engine.close()
-
-
-def _run_remote_all(server: str, kind: str, request: dict, images: dict, show: bool):
-    import base64
-
-    import httpx
-
-    from assetbox.client import ApiError
-
-    body = dict(request)
-    for field, data in images.items():
-        encoded = base64.b64encode(data).decode()
-        if field == "controlnet.image":
-            body["controlnet"] = {**body["controlnet"], "image": encoded}
-        else:
-            body[field] = encoded
-    try:
-        with _client(server) as api:
-            job = api.submit(kind, **body)
-            job = _follow_remote(api, job, kind, show, unit="step")
-            return [(api.output(job["id"], o["index"]), o.get("seed")) for o in job["outputs"]]
-    except ApiError as exc:
-        raise _api_error(exc) from exc
-    except httpx.HTTPError as exc:
-        raise AssetboxError(f"cannot reach {server}: {exc}") from exc
-
-
-def _read_input(path: Path, field: str) -> bytes:
+def _read_input(path: Path, field: str, *, argument: str | None = None) -> bytes:
+    """An input image's bytes, checked; a file that cannot be read names the CLI `argument`."""
     from assetbox.imaging import probe_image
 
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}", field=field) from exc
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}", field=argument or field) from exc
     probe_image(data, field=field)
     return data
 
@@ -412,7 +376,7 @@ def generate(
     server: _Server = None,
 ) -> None:
     """Text to image. Several outputs are written as OUT-0.png, OUT-1.png, ..."""
-    request = {
+    fields = {
         "model": model,
         "prompts": prompts,
         "negative_prompt": negative,
@@ -425,9 +389,7 @@ def generate(
         "sampler": sampler,
     }
     try:
-        request = {k: v for k, v in request.items() if v is not None}
-        request["loras"] = _parse_loras(lora)
-        _run_diffusion("generate", request, {}, output, server)
+        _run_diffusion("generate", fields, lora, {}, output, server)
     except AssetboxError as exc:
         raise _fail(exc) from exc
 
@@ -455,7 +417,7 @@ def edit(
     server: _Server = None,
 ) -> None:
     """img2img, optionally with a ControlNet."""
-    request = {
+    fields = {
         "model": model,
         "prompts": [prompt],
         "negative_prompt": negative,
@@ -468,14 +430,12 @@ def edit(
         "sampler": sampler,
     }
     try:
-        request = {k: v for k, v in request.items() if v is not None}
-        request["loras"] = _parse_loras(lora)
         images = {"image": _read_input(image, "image")}
         if controlnet is not None:
-            request["controlnet"] = {"model": controlnet, "conditioning_scale": conditioning_scale}
+            fields["controlnet"] = {"model": controlnet, "conditioning_scale": conditioning_scale}
             if control_image is not None:
                 images["controlnet.image"] = _read_input(control_image, "controlnet.image")
-        _run_diffusion("edit", request, images, output, server)
+        _run_diffusion("edit", fields, lora, images, output, server)
     except AssetboxError as exc:
         raise _fail(exc) from exc
 
