@@ -10,7 +10,6 @@ was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -20,7 +19,15 @@ from pathlib import Path, PurePosixPath
 
 from assetbox.errors import UnsupportedFormat
 from assetbox.models.families import CONFIG_METADATA_KEY, Detected, detect, read_header
-from assetbox.models.store import Family, ModelManifest, ModelStore, now, validate_model_id
+from assetbox.models.store import (
+    Family,
+    ModelManifest,
+    ModelStore,
+    default_id,
+    now,
+    sha256_files,
+    validate_model_id,
+)
 from assetbox.models.tokenizers import write_clip_tokenizer
 
 Progress = Callable[[str], None]
@@ -29,11 +36,6 @@ CONFIG_DIR = "config"
 WEIGHTS_FILE = "model.safetensors"
 # What a diffusers folder may bring into the store: configs, tokenizers, safe weights.
 _KEEP = (".json", ".safetensors", ".txt", ".model")
-
-
-def default_id(path: Path) -> str:
-    name = path.name if path.is_dir() else path.stem
-    return validate_model_id(name.lower().replace(" ", "-"), field="id")
 
 
 def import_diffusion(
@@ -83,20 +85,11 @@ def import_diffusion(
             family=detected.family,
             layout=detected.layout if detected.kind != "lora" else None,
             source=source or f"import of {path.name}",
-            sha256=_sha256_files(weights),
+            sha256=sha256_files(weights),
             size=sum(p.stat().st_size for p in staged.rglob("*") if p.is_file()),
             added=now(),
         )
         return store.commit(staged, manifest)
-
-
-def _sha256_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_config(folder: Path, weights: Path, family: Family) -> None:

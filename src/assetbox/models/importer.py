@@ -24,6 +24,7 @@ from assetbox.models.store import (
     ModelKind,
     ModelManifest,
     ModelStore,
+    default_id,
     now,
     sha256_file,
     validate_model_id,
@@ -45,11 +46,6 @@ _CONTEXT = {"Compact": 8, "ESRGAN": 32}
 
 def _context(architecture: str, post_resize: float | None) -> int:
     return _CONTEXT.get(architecture, _DEFAULT_CONTEXT) + (2 if post_resize else 0)
-
-
-def default_id(path: Path) -> str:
-    """A store id made from a file name: ``RealESRGAN_x4plus.pth`` → ``realesrgan_x4plus``."""
-    return validate_model_id(path.stem.lower().replace(" ", "-"), field="id")
 
 
 def import_upscaler(

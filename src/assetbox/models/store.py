@@ -79,12 +79,25 @@ def validate_model_id(model_id: str, *, field: str = "id") -> str:
     return model_id
 
 
-def sha256_file(path: Path) -> str:
+def sha256_files(paths: list[Path]) -> str:
+    """The sha256 of the files' bytes one after another, in the order given."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in paths:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return sha256_files([path])
+
+
+def default_id(path: Path) -> str:
+    """A store id made from a file or folder name: ``RealESRGAN_x4plus.pth`` →
+    ``realesrgan_x4plus``, ``My SDXL/`` → ``my-sdxl``."""
+    name = path.name if path.is_dir() else path.stem
+    return validate_model_id(name.lower().replace(" ", "-"), field="id")
 
 
 class ModelStore:

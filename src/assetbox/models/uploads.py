@@ -8,7 +8,6 @@ refused completion leaves the store as it was.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import uuid
@@ -18,7 +17,13 @@ from pydantic import BaseModel, Field
 
 from assetbox.errors import Conflict, InvalidInput, NotFound
 from assetbox.models.importer import import_model
-from assetbox.models.store import ModelKind, ModelManifest, ModelStore, validate_model_id
+from assetbox.models.store import (
+    ModelKind,
+    ModelManifest,
+    ModelStore,
+    sha256_file,
+    validate_model_id,
+)
 
 UPLOAD_SUFFIXES = (".safetensors", ".pth")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -135,14 +140,11 @@ class Uploads:
             raise InvalidInput(
                 f"the upload has {state.next_offset} of {state.size} bytes", field="size"
             )
-        digest = hashlib.sha256()
-        with part.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != state.sha256:
+        actual = sha256_file(part)
+        if actual != state.sha256:
             self.discard(upload_id)
             raise InvalidInput(
-                f"the uploaded bytes have sha256 {digest.hexdigest()}, not the announced "
+                f"the uploaded bytes have sha256 {actual}, not the announced "
                 f"{state.sha256}; the upload is discarded",
                 field="sha256",
             )
