@@ -29,7 +29,7 @@ from assetbox.engine.delivery import (
     upload_outputs,
     webhook_secret,
 )
-from assetbox.engine.executors import Executor, LocalExecutor, UnitTask
+from assetbox.engine.executors import Executor, LocalExecutor, UnitTask, worker_cache
 from assetbox.engine.jobs import (
     Delivery,
     Job,
@@ -76,17 +76,9 @@ def make_executor(settings: Settings) -> Executor:
             cpus_per_worker=settings.ray_cpus_per_worker,
             model_cache_bytes=settings.model_cache_bytes,
         )
-    from assetbox.models.cache import ModelCache, default_budget
-
-    budget = settings.model_cache_bytes or default_budget(_local_device())
-    return LocalExecutor(workers=settings.workers, model_cache=ModelCache(budget))
-
-
-def _local_device() -> str:
-    """Where local workers run models: the first CUDA device when torch sees one."""
-    from assetbox.pipelines.upscale_gan import cuda_available
-
-    return "cuda:0" if cuda_available() else "cpu"
+    return LocalExecutor(
+        workers=settings.workers, model_cache=worker_cache(settings.model_cache_bytes)
+    )
 
 
 class Engine:

@@ -73,9 +73,22 @@ class Executor(Protocol):
         ...
 
 
-def model_key_prefixes(model_id: str) -> tuple[str, ...]:
-    """The cache-key prefixes a model's entries have (upscalers, checkpoints, ControlNets)."""
-    return (f"{model_id}:", f"checkpoint:{model_id}:", f"controlnet:{model_id}:")
+def worker_cache(budget_bytes: int | None, *, share: int = 1) -> ModelCache:
+    """A worker's model cache: `budget_bytes`, or by default from its device (a CUDA GPU's
+    memory; on a CPU, RAM split between the `share` workers of one machine)."""
+    from assetbox.models.cache import default_budget
+    from assetbox.pipelines.upscale_gan import cuda_available
+
+    if budget_bytes is None:
+        device = "cuda:0" if cuda_available() else "cpu"
+        budget_bytes = default_budget(device) // (share if device == "cpu" else 1)
+    return ModelCache(budget_bytes)
+
+
+def forget_model(cache: ModelCache, model_id: str) -> None:
+    """Drop a model's idle entries (upscalers, checkpoints, ControlNets) from `cache`."""
+    for prefix in (f"{model_id}:", f"checkpoint:{model_id}:", f"controlnet:{model_id}:"):
+        cache.evict_matching(prefix)
 
 
 class LocalExecutor:
@@ -83,10 +96,8 @@ class LocalExecutor:
     with its own scratch cache."""
 
     def __init__(self, workers: int = 1, *, model_cache: ModelCache | None = None) -> None:
-        from assetbox.models.cache import default_budget
-
         self.workers = workers
-        self.models = model_cache or ModelCache(default_budget())
+        self.models = model_cache or worker_cache(None)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assetbox-worker")
         self._local = threading.local()
 
@@ -103,8 +114,7 @@ class LocalExecutor:
         return self.models.keys()
 
     def forget(self, model_id: str) -> None:
-        for prefix in model_key_prefixes(model_id):
-            self.models.evict_matching(prefix)
+        forget_model(self.models, model_id)
 
     def submit(
         self,

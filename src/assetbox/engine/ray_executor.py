@@ -16,9 +16,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from assetbox.engine.engine import WorkerDied
-from assetbox.engine.executors import UnitTask, model_key_prefixes, run_task
+from assetbox.engine.executors import UnitTask, forget_model, run_task, worker_cache
 from assetbox.errors import InvalidInput
-from assetbox.models.cache import CacheStats, ModelCache
+from assetbox.models.cache import CacheStats
 
 
 def _ray():
@@ -39,14 +39,8 @@ class _Worker:
     """
 
     def __init__(self, budget_bytes: int | None, share: int) -> None:
-        from assetbox.models.cache import default_budget
-        from assetbox.pipelines.upscale_gan import cuda_available
-
-        if budget_bytes is None:  # its GPU's memory, or its share of the machine's RAM
-            device = "cuda:0" if cuda_available() else "cpu"
-            budget_bytes = default_budget(device) // (1 if device != "cpu" else share)
         self.cache: dict[str, Any] = {}
-        self.models = ModelCache(budget_bytes)
+        self.models = worker_cache(budget_bytes, share=share)
         self._stop = threading.Event()
         self._step = (0, 0)
 
@@ -57,8 +51,7 @@ class _Worker:
         return self.models.stats()
 
     def forget(self, model_id: str) -> None:
-        for prefix in model_key_prefixes(model_id):
-            self.models.evict_matching(prefix)
+        forget_model(self.models, model_id)
 
     def run(self, task: UnitTask) -> bytes:
         self._stop.clear()
