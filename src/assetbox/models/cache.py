@@ -104,13 +104,9 @@ def default_budget(device: str = "cpu") -> int:
     if device.startswith("cuda") and torch is not None and torch.cuda.is_available():
         index = int(device.split(":")[1]) if ":" in device else 0
         return int(torch.cuda.get_device_properties(index).total_memory * 0.85)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024 // 2
-    except OSError:
-        pass
-    return 8 * 2**30
+    import psutil
+
+    return psutil.virtual_memory().total // 2
 
 
 class ModelCache:

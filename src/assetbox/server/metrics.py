@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
+import psutil
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,15 +27,8 @@ def device_memory() -> list[tuple[str, int, int]]:
             free, total = torch.cuda.mem_get_info(index)
             out.append((f"cuda:{index}", total - free, total))
         return out
-    info: dict[str, int] = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            info[name] = int(value.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return []
-    total = info.get("MemTotal", 0)
-    return [("cpu", total - info.get("MemAvailable", total), total)]
+    memory = psutil.virtual_memory()
+    return [("cpu", memory.total - memory.available, memory.total)]
 
 
 class _EngineCollector(Collector):

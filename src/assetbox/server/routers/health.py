@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sys
-from pathlib import Path
 
+import psutil
 from fastapi import APIRouter
 
 from assetbox import __version__
@@ -25,17 +25,10 @@ def _device() -> str:
 
 
 def _memory() -> dict[str, int | None]:
-    fields = {}
-    for path, key, name in (
-        ("/proc/self/status", "VmRSS:", "process_rss_bytes"),
-        ("/proc/meminfo", "MemAvailable:", "available_bytes"),
-    ):
-        try:
-            line = next(x for x in Path(path).read_text().splitlines() if x.startswith(key))
-            fields[name] = int(line.split()[1]) * 1024
-        except (OSError, StopIteration, ValueError):
-            fields[name] = None
-    return fields
+    return {
+        "process_rss_bytes": psutil.Process().memory_info().rss,
+        "available_bytes": psutil.virtual_memory().available,
+    }
 
 
 @router.get("/health")
