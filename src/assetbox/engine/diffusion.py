@@ -27,6 +27,7 @@ from assetbox.errors import InvalidInput
 from assetbox.imaging import DecodedImage, decode_image, encode_image
 from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
 from assetbox.models.cache import files_bytes
+from assetbox.models.diffusion_import import CONFIG_DIR, DIFFUSERS_DIR, WEIGHTS_FILE
 from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
 
 MAX_SEED = 2**32 - 1
@@ -117,7 +118,6 @@ def _checkpoint(request: GenerateOptions, data_dir: Path) -> ModelManifest:
 class GeneratePlanner:
     kind = "generate"
     request_model: type[GenerateOptions] = GenerateRequest
-    task = "text2img"
 
     # -- at submit ------------------------------------------------------------------------------
 
@@ -244,7 +244,7 @@ class GeneratePlanner:
             sampler=request.sampler or DEFAULT_SAMPLER[family],
             loras=[
                 LoraUse(
-                    store.path(lora.name, "lora") / "model.safetensors",
+                    store.path(lora.name, "lora") / WEIGHTS_FILE,
                     _adapter_name(store.get(lora.name, "lora", field=f"loras.{n}.name")),
                     lora.weight,
                 )
@@ -266,14 +266,14 @@ class GeneratePlanner:
             if manifest.layout == "diffusers":
                 return load_checkpoint(
                     family,
-                    folder=folder / "diffusers",
+                    folder=folder / DIFFUSERS_DIR,
                     budget_bytes=ctx.models.budget_bytes,
                     quantization=quantization,
                 )
             return load_checkpoint(
                 family,
-                single_file=folder / "model.safetensors",
-                config=folder / "config",
+                single_file=folder / WEIGHTS_FILE,
+                config=folder / CONFIG_DIR,
                 budget_bytes=ctx.models.budget_bytes,
                 quantization=quantization,
             )
@@ -292,7 +292,7 @@ class GeneratePlanner:
                 )
             else:
                 net = store.get(net_ref.model, "controlnet", field="controlnet.model")
-                net_folder = store.path(net.id, "controlnet") / "diffusers"
+                net_folder = store.path(net.id, "controlnet") / DIFFUSERS_DIR
                 with ctx.models.lease(
                     f"controlnet:{net.id}:{net.sha256[:12]}",
                     lambda: load_controlnet(family, net_folder),
@@ -347,4 +347,3 @@ class GeneratePlanner:
 class EditPlanner(GeneratePlanner):
     kind = "edit"
     request_model = EditRequest
-    task = "img2img"

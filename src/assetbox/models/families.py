@@ -195,6 +195,13 @@ def _json(path: Path, field: str) -> dict:
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down.", "lora.up.")
 
 
+def is_diffusion(header: Header) -> bool:
+    """Whether a safetensors file holds a diffusion model or LoRA (else: try it as an upscaler)."""
+    return _is_lora(header) or header.has_prefix(
+        "model.diffusion_model.", "double_blocks.", "unet.", "transformer.", "lora_unet_"
+    )
+
+
 def _is_lora(header: Header) -> bool:
     return any(marker in key for key in header.shapes for marker in _LORA_MARKERS)
 

@@ -179,7 +179,7 @@ def import_model(
         UnsupportedFormat, ModelError, InvalidInput, Conflict: as the importers do.
     """
     from assetbox.models.diffusion_import import import_diffusion
-    from assetbox.models.families import detect, read_header, refuse_pickle
+    from assetbox.models.families import detect, is_diffusion, read_header, refuse_pickle
 
     def diffusion() -> ModelManifest:
         detected = detect(path)
@@ -192,14 +192,7 @@ def import_model(
     if path.is_dir():
         return diffusion()
     if path.suffix.lower() == ".safetensors" and path.is_file():
-        header = read_header(path)
-        is_diffusion = any(
-            key.startswith(("model.diffusion_model.", "double_blocks.", "unet.", "transformer."))
-            or ".lora_" in key
-            or "lora_unet_" in key
-            for key in header.shapes
-        )
-        if is_diffusion:
+        if is_diffusion(read_header(path)):
             return diffusion()
     elif path.suffix.lower() not in SUFFIXES:
         refuse_pickle(path)

@@ -46,7 +46,6 @@ FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 DEFAULT_SAMPLER: dict[Family, str] = {"sd15": "euler_a", "sdxl": "euler", "flux1": "flow_euler"}
 # Output sizes must be multiples of this (VAE x8; Flux also packs 2x2 latents).
 SIZE_MULTIPLE: dict[Family, int] = {"sd15": 8, "sdxl": 8, "flux1": 16}
-MAX_LORAS = 4
 MAX_RESIDENT_ADAPTERS = 8
 
 _PIPELINES: dict[tuple[Family, str, bool], str] = {
