@@ -14,7 +14,7 @@ from assetbox import __version__
 from assetbox.config import Settings, get_settings
 from assetbox.engine.engine import Engine
 from assetbox.logs import get_logger
-from assetbox.server import auth, errors
+from assetbox.server import auth, docs, errors
 from assetbox.server.metrics import CONTENT_TYPE, Metrics
 from assetbox.server.routers import diffusion, health, jobs, models, upscale
 
@@ -41,11 +41,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version=__version__,
         description="Generate, edit, caption and upscale images.",
         lifespan=lifespan,
+        openapi_url=auth.OPENAPI_URL,
+        # Served by docs.install from files on disk: FastAPI's own pages load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=auth.OAUTH2_REDIRECT_URL,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     errors.install(app)
     hashes = auth.key_hashes(settings)
+    docs.install(app, keys_required=bool(hashes))
 
     @app.middleware("http")
     async def request_context(
@@ -54,7 +60,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = rid
         started = time.perf_counter()
-        open_path = request.url.path in auth.OPEN_PATHS or (
+        open_path = auth.is_open(request.url.path) or (
             request.url.path == "/metrics" and settings.metrics_public
         )
         length = request.headers.get("content-length", "")

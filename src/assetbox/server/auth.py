@@ -7,7 +7,21 @@ import hmac
 
 from assetbox.config import Settings
 
-OPEN_PATHS = {"/health"}
+# The API's documentation needs no key: it shows what exists, not any data, and Swagger UI
+# must load before its "Authorize" button can take a key.
+DOCS_URL = "/docs"
+OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+REDOC_URL = "/redoc"
+OPENAPI_URL = "/openapi.json"
+DOCS_ASSETS = "/docs-assets"
+OPEN_PATHS = {"/health", DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL, OPENAPI_URL}
+SCHEME = "APIKey"  # the name of the security scheme in the OpenAPI
+
+
+def is_open(path: str) -> bool:
+    """Whether `path` is answered without a key (health, the docs and their assets)."""
+    # ".." never names an asset, and a path with it must not pass here and route elsewhere.
+    return path in OPEN_PATHS or (path.startswith(DOCS_ASSETS + "/") and ".." not in path)
 
 
 def key_hashes(settings: Settings) -> list[bytes]:
