@@ -20,11 +20,18 @@ from pydantic import BaseModel, Field, field_validator
 from assetbox.config import Settings, get_settings
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
-from assetbox.errors import InvalidInput
-from assetbox.imaging import MEDIA_TYPES, DecodedImage, ImageFormat, decode_image, encode_image
-from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
+from assetbox.errors import InvalidInput, NotFound
+from assetbox.imaging import (
+    MEDIA_TYPES,
+    DecodedImage,
+    ImageFormat,
+    decode_image,
+    encode_image,
+    verify_image,
+)
+from assetbox.models.builtin import BUILTIN_UPSCALERS, DEFAULT_UPSCALER, ensure_upscaler
 from assetbox.models.cache import files_bytes
-from assetbox.models.store import ModelManifest, ModelStore
+from assetbox.models.store import KINDS, ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
     DEFAULT_BATCH,
     DEFAULT_OVERLAP,
@@ -121,6 +128,49 @@ class UpscalePlanner:
         return ensure_upscaler(ModelStore(data_dir / "models"), request.model)
 
     @staticmethod
+    def _check_scale(request: UpscaleRequest, manifest: ModelManifest) -> None:
+        if request.scale is not None and request.scale > manifest.scale:
+            raise InvalidInput(
+                f"`scale` must be at most {manifest.scale} for {manifest.id} (1 to "
+                f"{manifest.scale}: its native scale, or a downsample of it) but is "
+                f"{request.scale}",
+                field="scale",
+            )
+
+    # -- at submit ------------------------------------------------------------------------------
+
+    def check(self, request: BaseModel, data_dir: Path) -> None:
+        """Refuse at submit what would fail the job later; nothing is queued then.
+
+        Raises:
+            NotFound: no such model (naming `model`).
+            InvalidInput: the model is not an upscaler, the scale is beyond it, the tile settings
+                are wrong, or the image does not decode completely (naming the field).
+            ModelError: a built-in upscaler fails to convert on its first use.
+        """
+        assert isinstance(request, UpscaleRequest)
+        store = ModelStore(data_dir / "models")
+        try:
+            manifest = ensure_upscaler(store, request.model)
+        except NotFound:
+            other = next((k for k in KINDS if store.exists(request.model, k)), None)
+            if other is None:
+                # The built-in ones count too, though not converted into the store yet.
+                known = sorted({m.id for m in store.list("upscaler")} | set(BUILTIN_UPSCALERS))
+                raise NotFound(
+                    f"`model` {request.model!r} is no upscaler in the store nor a built-in one "
+                    f"(available: {', '.join(known)})",
+                    field="model",
+                ) from None
+            raise InvalidInput(
+                f"`model` must be an upscaler but {request.model!r} is a {other}",
+                field="model",
+            ) from None
+        self._check_scale(request, manifest)
+        self._settings(request, manifest)
+        verify_image(blob_path(data_dir, request.image).read_bytes(), field="image")
+
+    @staticmethod
     def _engine(request: UpscaleRequest, manifest: ModelManifest) -> Literal["torch", "ncnn"]:
         return choose_engine(request.engine, list(manifest.engines))
 
@@ -139,12 +189,7 @@ class UpscalePlanner:
         assert isinstance(request, UpscaleRequest)
         image = self._image(request, data_dir, {})
         manifest = self._manifest(request, data_dir)
-        if request.scale is not None and request.scale > manifest.scale:
-            raise InvalidInput(
-                f"`scale` must be between 1 and the model's native {manifest.scale} but is "
-                f"{request.scale}",
-                field="scale",
-            )
+        self._check_scale(request, manifest)  # again: the model may have changed since submit
         settings = self._settings(request, manifest)
         plan, _ = plan_windows(image.width, image.height, settings)
         ids = [tile.id for tile in plan]

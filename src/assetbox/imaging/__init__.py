@@ -12,6 +12,7 @@ from assetbox.imaging.codec import (
     encode_image,
     probe_image,
     to_uint8,
+    verify_image,
 )
 from assetbox.imaging.color import (
     COLOR_FIXES,
@@ -51,5 +52,6 @@ __all__ = [
     "ramp",
     "to_uint8",
     "to_working",
+    "verify_image",
     "wavelet_color_fix",
 ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, TypeVar
+import types
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 
 from assetbox.engine.blobs import with_images
 from assetbox.engine.engine import Engine
@@ -22,15 +25,32 @@ _Body = TypeVar("_Body", bound=BaseModel)
 MAX_WAIT_S = 300
 
 
+_LOCATION = {
+    "Location": {
+        "description": "the job's URL, `/v1/jobs/{id}`",
+        "schema": {"type": "string"},
+    }
+}
+# A form part that is not a file: the placeholder an image field holds until its blob is stored.
+_FILE_PLACEHOLDER = "-"
+
+
 def job_route(schema: type[BaseModel], **extra_content: Any) -> dict[str, Any]:
     """The route options of a job-creating POST: 202 with the job, 200 when it finished within
-    ``Prefer: wait=N``, and the request body's schema in the OpenAPI (the body is read by hand,
-    so that base64, URLs and multipart all reach one validation)."""
+    ``Prefer: wait=N`` (both with `Location`), and the request body's schema in the OpenAPI (the
+    body is read by hand, so that base64, URLs and multipart all reach one validation)."""
     return {
         "status_code": 202,
         "response_model": JobPublic,
         "response_model_exclude_none": True,
-        "responses": {200: {"model": JobPublic, "description": "finished within `Prefer: wait=N`"}},
+        "responses": {
+            200: {
+                "model": JobPublic,
+                "description": "finished within `Prefer: wait=N`",
+                "headers": _LOCATION,
+            },
+            202: {"description": "queued (or running)", "headers": _LOCATION},
+        },
         "openapi_extra": {
             "requestBody": {
                 "content": {
@@ -63,6 +83,166 @@ def parse_json(model: type[_Body], raw: bytes) -> _Body:
         raise InvalidInput.from_validation(exc, default_field="body") from exc
 
 
+def is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").startswith("multipart/form-data")
+
+
+def _shape(annotation: Any) -> tuple[str, Any]:
+    """``("list", item)``, ``("object", None)`` or ``("scalar", None)`` for a field's type."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _shape(args[0])
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation) or (Any,)
+        return "list", item
+    if get_origin(annotation) is dict or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    ):
+        return "object", None
+    return "scalar", None
+
+
+def _json_part(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"`{name}` must be JSON text but is {text[:40]!r}", field=name) from exc
+
+
+def _form_value(model: type[BaseModel], name: str, values: list[str]) -> Any:
+    field = model.model_fields.get(name)
+    shape, item = _shape(field.annotation) if field is not None else ("scalar", None)
+    if shape == "list":
+        if len(values) == 1 and values[0].lstrip().startswith("["):
+            return _json_part(name, values[0])
+        # Repeated parts, one item each (a plain single string is a list of one).
+        return [_json_part(name, v) if _shape(item)[0] == "object" else v for v in values]
+    if len(values) > 1:
+        raise InvalidInput(f"`{name}` must be given once but is {len(values)} times", field=name)
+    return _json_part(name, values[0]) if shape == "object" else values[0]
+
+
+async def read_form(
+    request: Request, model: type[_Body], files: dict[str, tuple[str, ...]]
+) -> tuple[_Body, dict[str, bytes]]:
+    """A multipart body: file parts for the image fields, every other field a text part.
+
+    `files` maps an image field (``controlnet.image``) to the part names it may come as. Scalar
+    fields are plain text; list and object fields (``prompts``, ``loras``, ``controlnet``) are
+    JSON text, and a list may also come as repeated parts, one item each. An image field may also
+    be a text part (base64 or a URL), as in JSON. Returns the validated body, whose file-borne
+    image fields hold a placeholder, and the files' bytes by field.
+
+    Raises:
+        InvalidInput: a file where text belongs, bad JSON text, or an invalid field (naming it).
+    """
+    form = await request.form()
+    names = {part: field for field, parts in files.items() for part in parts}
+    data: dict[str, Any] = {}
+    uploads: dict[str, bytes] = {}
+    for key in dict.fromkeys(form.keys()):
+        values = form.getlist(key)
+        field = names.get(key)
+        if field is not None and isinstance(values[0], UploadFile):
+            if len(values) > 1 or field in uploads:
+                raise InvalidInput(f"`{field}` must be one file", field=field)
+            uploads[field] = await values[0].read()
+            continue
+        if any(isinstance(v, UploadFile) for v in values):
+            raise InvalidInput(f"`{key}` must be a text part, not a file", field=key)
+        texts = [v for v in values if isinstance(v, str) and v != ""]  # empty: not given
+        if texts:
+            data[field or key] = _form_value(model, field or key, texts)
+    for field in uploads:
+        *parents, name = field.split(".")
+        target = data
+        for parent in parents:
+            if not isinstance(target.get(parent), dict):
+                raise InvalidInput(
+                    f"`{field}` was sent without `{parent}` (JSON text naming its model)",
+                    field=parent,
+                )
+            target = target[parent]
+        target[name] = _FILE_PLACEHOLDER
+    try:
+        body = model.model_validate(_nest(data))
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, default_field="body") from exc
+    return body, uploads
+
+
+def _nest(data: dict[str, Any]) -> dict[str, Any]:
+    # A text part named "controlnet.image" (base64 or a URL) goes into the controlnet object.
+    nested = {k: v for k, v in data.items() if "." not in k}
+    for key, value in data.items():
+        if "." in key:
+            parent, name = key.split(".", 1)
+            if not isinstance(nested.get(parent), dict):
+                raise InvalidInput(
+                    f"`{key}` was sent without `{parent}` (JSON text naming its model)",
+                    field=parent,
+                )
+            nested[parent][name] = value
+    return nested
+
+
+async def image_inputs(
+    request: Request, body: BaseModel, uploads: dict[str, bytes], fields: tuple[str, ...]
+) -> dict[str, bytes]:
+    """The bytes of each image field that is set: an uploaded file's, or the field's base64
+    or URL resolved."""
+    images = {}
+    for field in fields:
+        if field in uploads:
+            images[field] = uploads[field]
+            continue
+        value: Any = body
+        for name in field.split("."):
+            value = getattr(value, name, None) if value is not None else None
+        if value is not None:
+            images[field] = await image_bytes(request, value, field)
+    return images
+
+
+def multipart_schema(model: type[BaseModel], files: dict[str, tuple[str, ...]]) -> dict:
+    """The OpenAPI ``multipart/form-data`` body that `read_form` reads for `model`."""
+    source = model.model_json_schema()
+    properties: dict[str, Any] = {}
+    for name, prop in source.get("properties", {}).items():
+        field = model.model_fields[name]
+        shape, item = _shape(field.annotation)
+        text = {"type": "string", "title": prop.get("title", name)}
+        if name in files:
+            continue
+        if shape == "list" and _shape(item)[0] == "scalar":
+            properties[name] = {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": f"{prop.get('description', '')} Repeated parts, one item each, "
+                "or one part of JSON text (a JSON array).".strip(),
+            }
+        elif shape != "scalar" or "$ref" in json.dumps(prop):
+            properties[name] = text | {
+                "description": f"{prop.get('description', '')} JSON text, as in the JSON "
+                "body.".strip()
+            }
+        else:
+            properties[name] = prop
+    required = []
+    for field, parts in files.items():
+        for part in parts:
+            properties[part] = {
+                "type": "string",
+                "format": "binary",
+                "description": f"`{field}` as a file (or give it as base64/URL text)",
+            }
+        if field in source.get("required", []):
+            required.append(parts[0])
+    required += [r for r in source.get("required", []) if r not in files]
+    return {"schema": {"type": "object", "properties": properties, "required": required}}
+
+
 async def submit_job(
     engine: Engine,
     kind: str,
@@ -92,4 +272,8 @@ async def submit_job(
         job = await run_in_threadpool(engine.wait, job.id, wait_s)
     public = present(job, engine, b64=body.response_format == "b64")
     status = 200 if job.status.is_terminal() else 202
-    return JSONResponse(public.model_dump(mode="json", exclude_none=True), status_code=status)
+    return JSONResponse(
+        public.model_dump(mode="json", exclude_none=True),
+        status_code=status,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
