@@ -5,7 +5,9 @@ seed ``seed + p * num_images_per_prompt + k``. A request without a seed gets a r
 is queued (`fill`, after the request is hashed, so an idempotent re-submit still matches), so the
 job records it, a resumed job repeats it, and outputs report it. Everything
 that needs the model store (the model exists, LoRAs and ControlNet of the same family, sizes and
-sampler valid for the family) is checked at submit, before anything is queued.
+sampler valid for the family, input images that decode completely) is checked at submit,
+before anything is queued. An edit without a size runs at its input's size, filled in at submit
+so that the job records it.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
-from assetbox.imaging import DecodedImage, decode_image, encode_image
+from assetbox.imaging import DecodedImage, decode_image, encode_image, verify_image
 from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
 from assetbox.models.cache import files_bytes
 from assetbox.models.diffusion_import import CONFIG_DIR, DIFFUSERS_DIR, WEIGHTS_FILE
 from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
 
 MAX_SEED = 2**32 - 1
+MAX_SIZE = 4096
+# The largest family size multiple (Flux.1's 16): the smallest side every family can run.
+MIN_EDIT_SIZE = 16
 # Per family: default size, steps, guidance (the model makers' recommendations).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sd15": {"size": 512, "steps": 30, "guidance": 7.0},
@@ -60,8 +65,22 @@ class GenerateOptions(BaseModel):
     prompts: list[str] = Field(min_length=1, max_length=64)
     negative_prompt: str | None = Field(default=None, max_length=4000)
     num_images_per_prompt: int = Field(default=1, ge=1, le=16)
-    width: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
-    height: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
+    width: int | None = Field(
+        default=None,
+        ge=64,
+        le=MAX_SIZE,
+        multiple_of=8,
+        description="output width; a multiple of 8 (16 for flux1); default: the family's "
+        "(512 for sd15, 1024 for sdxl and flux1)",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=64,
+        le=MAX_SIZE,
+        multiple_of=8,
+        description="output height; a multiple of 8 (16 for flux1); default: the family's "
+        "(512 for sd15, 1024 for sdxl and flux1)",
+    )
     steps: int | None = Field(default=None, ge=1, le=500)
     guidance: float | None = Field(default=None, ge=0, le=50)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
@@ -93,6 +112,26 @@ class EditOptions(GenerateOptions):
     """img2img: `strength` says how much of the input is redrawn (1: all of it)."""
 
     prompts: list[str] = Field(default_factory=lambda: [""], min_length=1, max_length=64)
+    width: int | None = Field(
+        default=None,
+        ge=MIN_EDIT_SIZE,
+        le=MAX_SIZE,
+        multiple_of=8,
+        description="output width; a multiple of 8 (16 for flux1); default: the input image's "
+        "width rounded to that multiple, or, when only `height` is given, what keeps the input's "
+        f"aspect ratio. An input wider than {MAX_SIZE} needs an explicit size. The size used is "
+        "recorded in the job's request.",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=MIN_EDIT_SIZE,
+        le=MAX_SIZE,
+        multiple_of=8,
+        description="output height; a multiple of 8 (16 for flux1); default: the input image's "
+        "height rounded to that multiple, or, when only `width` is given, what keeps the input's "
+        f"aspect ratio. An input taller than {MAX_SIZE} needs an explicit size. The size used is "
+        "recorded in the job's request.",
+    )
     strength: float = Field(default=0.6, gt=0, le=1)
     controlnet: ControlNetRef | None = None
 
@@ -113,6 +152,34 @@ def _store(data_dir: Path) -> ModelStore:
 
 def _checkpoint(request: GenerateOptions, data_dir: Path) -> ModelManifest:
     return _store(data_dir).get(request.model, "checkpoint", field="model")
+
+
+def edit_size(
+    width: int | None, height: int | None, image_size: tuple[int, int], multiple: int
+) -> tuple[int, int]:
+    """The size an edit runs at: the given sides, a missing one from the input image (its own
+    side rounded to `multiple`, or, beside a given side, what keeps the input's aspect ratio).
+
+    Raises:
+        InvalidInput: a side taken from the input comes out above MAX_SIZE (naming it).
+    """
+    in_w, in_h = image_size
+
+    def snap(value: float) -> int:
+        return max(MIN_EDIT_SIZE, multiple, round(value / multiple) * multiple)
+
+    out_w = width if width is not None else snap(in_w if height is None else height * in_w / in_h)
+    out_h = height if height is not None else snap(in_h if width is None else width * in_h / in_w)
+    for name, given, value in (("width", width, out_w), ("height", height, out_h)):
+        if given is None and value > MAX_SIZE:
+            # Refused rather than shrunk: a silent resize would hand back another size than the
+            # caller's image, and the caller knows best which size to ask for instead.
+            raise InvalidInput(
+                f"`{name}` defaults to the input image's ({in_w}x{in_h}), which gives {value}, "
+                f"above the maximum {MAX_SIZE}; give `width` and `height` explicitly",
+                field=name,
+            )
+    return out_w, out_h
 
 
 class GeneratePlanner:
@@ -187,6 +254,27 @@ class GeneratePlanner:
                     f"{manifest.id!r} is {family}",
                     field="controlnet.model",
                 )
+        if isinstance(request, EditRequest):
+            self._check_images(request, data_dir, multiple)
+
+    @staticmethod
+    def _check_images(request: EditRequest, data_dir: Path, multiple: int) -> None:
+        """Input images decode completely; an edit without a size gets its input's.
+
+        The size is filled in here, in place, because `check` is the one submit-time hook that
+        sees the data directory (the input's size is in its blob) and runs before the engine
+        hashes and stores the request: the job then records the size it runs at, and a request
+        without a size and one that names the same size are the same request.
+        """
+        _, in_w, in_h = verify_image(blob_path(data_dir, request.image).read_bytes(), field="image")
+        if request.controlnet is not None and request.controlnet.image is not None:
+            ref = request.controlnet.image
+            data = blob_path(data_dir, ref, field="controlnet.image").read_bytes()
+            verify_image(data, field="controlnet.image")
+        if request.width is None or request.height is None:
+            request.width, request.height = edit_size(
+                request.width, request.height, (in_w, in_h), multiple
+            )
 
     # -- the planner ----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""``POST /v1/generate`` and ``POST /v1/edit``: diffusion jobs (JSON bodies)."""
+"""``POST /v1/generate`` (JSON) and ``POST /v1/edit`` (JSON or multipart): diffusion jobs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ from fastapi.responses import JSONResponse
 
 from assetbox.server.deps import EngineDep
 from assetbox.server.schemas import EditCreate, GenerateCreate
-from assetbox.server.submit import image_bytes, job_route, parse_json, submit_job
+from assetbox.server.submit import (
+    image_inputs,
+    is_multipart,
+    job_route,
+    multipart_schema,
+    parse_json,
+    read_form,
+    submit_job,
+)
 
 router = APIRouter(prefix="/v1", tags=["diffusion"])
+
+EDIT_FILES = {"image": ("image",), "controlnet.image": ("controlnet.image", "controlnet_image")}
 
 
 @router.post("/generate", **job_route(GenerateCreate))
@@ -27,7 +37,10 @@ async def create_generate(
     return await submit_job(engine, "generate", body, body.options(), {}, prefer, idempotency_key)
 
 
-@router.post("/edit", **job_route(EditCreate))
+@router.post(
+    "/edit",
+    **job_route(EditCreate, **{"multipart/form-data": multipart_schema(EditCreate, EDIT_FILES)}),
+)
 async def create_edit(
     request: Request,
     engine: EngineDep,
@@ -35,12 +48,13 @@ async def create_edit(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Queue an img2img job (with `strength`; optionally a ControlNet whose image defaults to
-    the input image)."""
-    body = parse_json(EditCreate, await request.body())
-    images = {"image": await image_bytes(request, body.image, "image")}
-    if body.controlnet is not None and body.controlnet.image is not None:
-        images["controlnet.image"] = await image_bytes(
-            request, body.controlnet.image, "controlnet.image"
-        )
-    # The blobs take the images' places (options carry the base64 or URL until then).
+    the input image). Without `width`/`height` it runs at the input image's size. As multipart,
+    `image` and `controlnet.image` (or `controlnet_image`) are file parts, `prompts`, `loras`
+    and `controlnet` JSON text (`prompts` also repeated parts)."""
+    if is_multipart(request):
+        body, uploads = await read_form(request, EditCreate, EDIT_FILES)
+    else:
+        body, uploads = parse_json(EditCreate, await request.body()), {}
+    images = await image_inputs(request, body, uploads, tuple(EDIT_FILES))
+    # The blobs take the images' places (options carry the base64, URL or placeholder till then).
     return await submit_job(engine, "edit", body, body.options(), images, prefer, idempotency_key)
