@@ -33,10 +33,47 @@ class Settings(BaseSettings):
         description="Largest encoded image accepted, in bytes.",
     )
 
-    executor: Literal["local", "ray"] = Field(
-        default="local", description="Where units run: threads here, or Ray actors."
+    executor: Literal["local", "thread", "ray"] = Field(
+        default="local",
+        description="Where units run: `local`, one worker process per worker on this machine "
+        "(a unit that does not stop when cancelled is killed with its process); `thread`, "
+        "threads in this process (the CLI's in-process runs; a stuck unit can only be "
+        "abandoned, not stopped); `ray`, Ray actors.",
     )
     workers: int = Field(default=1, ge=1, description="Workers (one per device or Ray actor).")
+    worker_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads of each local worker process (torch); default: the machine's "
+        "cores split between the workers.",
+    )
+    worker_start: Literal["auto", "forkserver", "spawn"] = Field(
+        default="auto",
+        description="How local worker processes start: `forkserver` forks them from a process "
+        "that imported torch and diffusers once (fast restarts); `spawn` starts each afresh. "
+        "`auto`: spawn where an NVIDIA device exists (CUDA must not be touched before a fork), "
+        "else forkserver.",
+    )
+    cancel_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="A unit still running this long after its job was cancelled (or failed) is "
+        "abandoned: its worker process is killed and replaced.",
+    )
+    shutdown_grace_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=60,
+        description="On SIGTERM/SIGINT, running units get this long to stop at a step before "
+        "their workers are killed; their jobs go back to the queue and resume at the next start.",
+    )
+    progress_events_per_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Most step-progress events per second per job (the last step of a unit is "
+        "always sent); the job's progress in the store is throttled the same way.",
+    )
     ray_address: str | None = Field(
         default=None, description="Ray cluster to join; none starts a local Ray instance."
     )
@@ -98,7 +135,24 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
 
 
+_pinned: Settings | None = None
+
+
+def pin_settings(settings: Settings | None) -> None:
+    """Make `settings` the process-wide settings instead of the environment's (a worker process
+    takes its parent's, which may not come from the environment); None unpins."""
+    global _pinned
+    _pinned = settings
+
+
 @lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, read from the environment once."""
+def _from_environment() -> Settings:
     return Settings()
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once (unless pinned)."""
+    return _pinned if _pinned is not None else _from_environment()
+
+
+get_settings.cache_clear = _from_environment.cache_clear  # type: ignore[attr-defined]

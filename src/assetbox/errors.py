@@ -16,6 +16,18 @@ class AssetboxError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self):  # type: ignore[override]
+        # Errors cross process boundaries (worker processes, Ray): keyword-only constructor
+        # arguments (`field`, `retry_after_s`) would not survive Exception's default pickling.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[AssetboxError], message: str, state: dict) -> AssetboxError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidInput(AssetboxError):
     """The request or an input file is wrong; retrying the same input cannot succeed.

@@ -70,7 +70,10 @@ def test_cancel_a_running_job(engine: Engine) -> None:
     job = engine.submit("simulate", {"units": 20, "unit_seconds": 0.2, "steps": 4})
     while engine.get(job.id).progress.done < 2:
         time.sleep(0.02)
-    cancelled = engine.cancel(job.id)
+    accepted = engine.cancel(job.id)
+    assert accepted.status == JobStatus.CANCELLING  # recorded at once, never `running`
+    assert engine.store.get(job.id).status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
+    cancelled = engine.wait(job.id, timeout=15)
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.outputs == []
     started = sum(1 for u in engine.store.units(job.id) if u.attempts)
@@ -179,16 +182,19 @@ from pathlib import Path
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
 
-data_dir, mode = Path(sys.argv[1]), sys.argv[2]
-engine = Engine(Settings(data_dir=data_dir, workers=2))
-if mode == "submit":
-    job = engine.submit("simulate", {"units": 20, "unit_seconds": 0.25}, idempotency_key="crash")
-else:
-    job = engine.list()[0]
-print(job.id, flush=True)
-job = engine.wait(job.id, timeout=120)
-print(job.status.value, flush=True)
-engine.close()
+if __name__ == "__main__":  # worker processes import the main module again
+    data_dir, mode = Path(sys.argv[1]), sys.argv[2]
+    engine = Engine(Settings(data_dir=data_dir, workers=2))
+    if mode == "submit":
+        job = engine.submit(
+            "simulate", {"units": 20, "unit_seconds": 0.25}, idempotency_key="crash"
+        )
+    else:
+        job = engine.list()[0]
+    print(job.id, flush=True)
+    job = engine.wait(job.id, timeout=120)
+    print(job.status.value, flush=True)
+    engine.close()
 """
 
 

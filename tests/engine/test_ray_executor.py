@@ -113,7 +113,8 @@ def test_ray_units_report_steps_and_stop_when_cancelled(ray_engine: Engine) -> N
     while (ray_engine.get(job.id).progress.step or 0) < 3:  # steps arrive from the actor
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    cancelled = ray_engine.cancel(job.id)
+    assert ray_engine.cancel(job.id).status == JobStatus.CANCELLING
+    cancelled = ray_engine.wait(job.id, timeout=15)
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.progress.step < 100  # the unit stopped, it did not run to its end
     (unit,) = ray_engine.store.units(job.id)

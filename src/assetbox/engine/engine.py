@@ -1,22 +1,33 @@
 """The job engine: durable jobs split into units, run by an executor's workers.
 
-One scheduler thread takes the oldest queued job, plans its units once (recorded in SQLite), sends
-every unit that is not done yet to the executor, writes each result atomically as it arrives and,
-when all are in, assembles the outputs. After a crash, `Engine()` on the same data directory puts
-interrupted jobs back in the queue, and only their missing units run again.
+One scheduler thread owns the running jobs. It takes queued jobs as workers come free, plans each
+job's units once (recorded in SQLite, planning on a thread of its own), hands units to free
+workers with a fair share between jobs (the job with the fewest units running goes first, so a
+one-unit job gets a worker within about one unit's time however long the others are), writes
+each result atomically as it arrives and, when all are in, assembles the outputs (again on a
+thread of its own). After a crash, `Engine()` on the same data directory puts interrupted jobs
+back in the queue, and only their missing units run again.
+
+Stopping is durable and bounded: a cancel is recorded at once (`cancelling`), running units are
+asked to stop at their next step, and any still running `cancel_grace_s` later are abandoned with
+their worker (the process executor kills the process and starts another). `close()` (SIGTERM,
+SIGINT) stops taking units, asks running ones to stop, abandons them after `shutdown_grace_s`
+and puts their jobs back in the queue, to resume at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import resource
 import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,7 +40,13 @@ from assetbox.engine.delivery import (
     upload_outputs,
     webhook_secret,
 )
-from assetbox.engine.executors import Executor, LocalExecutor, UnitTask, worker_cache
+from assetbox.engine.executors import (
+    Executor,
+    ThreadExecutor,
+    UnitTask,
+    WorkerDied,
+    worker_cache,
+)
 from assetbox.engine.jobs import (
     Delivery,
     Job,
@@ -40,7 +57,7 @@ from assetbox.engine.jobs import (
     JobStatus,
     UnitStatus,
 )
-from assetbox.engine.planners import planner_for, request_hash
+from assetbox.engine.planners import AssembledOutput, Planner, planner_for, request_hash
 from assetbox.engine.store import JobStore
 from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory, QueueFull
 from assetbox.logs import get_logger
@@ -53,12 +70,6 @@ BLOB_GRACE_S = 3600.0
 # Errors after which the same unit may well succeed: out of memory (another time, another
 # worker) and a worker that died under it. Everything else is the input's fault.
 TRANSIENT = (OutOfMemory, ConnectionError, TimeoutError)
-
-
-class WorkerDied(AssetboxError):
-    """The worker running a unit went away (process killed, actor died)."""
-
-    code = "worker_died"
 
 
 def make_executor(settings: Settings) -> Executor:
@@ -76,9 +87,54 @@ def make_executor(settings: Settings) -> Executor:
             cpus_per_worker=settings.ray_cpus_per_worker,
             model_cache_bytes=settings.model_cache_bytes,
         )
-    return LocalExecutor(
-        workers=settings.workers, model_cache=worker_cache(settings.model_cache_bytes)
-    )
+    if settings.executor == "thread":
+        return ThreadExecutor(
+            workers=settings.workers, model_cache=worker_cache(settings.model_cache_bytes)
+        )
+    from assetbox import logs
+    from assetbox.engine.processes import ProcessExecutor
+
+    configured = getattr(logs, "json_logs_configured", lambda: False)  # TODO(integration)
+    return ProcessExecutor(settings, json_logs=configured())
+
+
+Outcome = Literal["cancel", "fail", "shutdown"]
+
+
+@dataclass
+class _Run:
+    """A job the scheduler is running: its units, which of them run where, what is left."""
+
+    job: Job
+    planner: Planner
+    request: Any  # the validated request, once planned
+    started: float
+    peak_before: float
+    phase: Literal["planning", "running", "assembling"] = "planning"
+    todo: list[int] = field(default_factory=list)
+    running: dict[Future[bytes], int] = field(default_factory=dict)
+    payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)
+    progress: JobProgress = field(default_factory=JobProgress)
+    # Set once the job must stop taking units (cancelled, failed, shutting down): running units
+    # see it through `should_stop` and stop at their next step.
+    stop: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    error: JobError | None = None
+    stop_asked_at: float | None = None
+    aborted: bool = False
+    ended: bool = False
+    last_step_event: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ask_stop(self, outcome: Outcome, error: JobError | None = None) -> None:
+        if self.outcome is None:
+            self.outcome, self.error = outcome, error
+        elif outcome == "cancel" and self.outcome == "shutdown":
+            self.outcome = "cancel"  # a cancel during shutdown still ends the job
+        if self.stop_asked_at is None:
+            self.stop_asked_at = time.monotonic()
+        self.stop.set()
 
 
 class Engine:
@@ -96,7 +152,10 @@ class Engine:
         self.files = self.data_dir / "jobs"
         self.store = JobStore(self.data_dir / "jobs.sqlite3")
         self.executor = executor or make_executor(self.settings)
-        self._cancel: dict[str, threading.Event] = {}
+        self._runs: dict[str, _Run] = {}  # owned by the scheduler thread
+        # What the scheduler hears of: ("unit", run, future), ("planned", run, units | error),
+        # ("assembled", run, outputs | error), ("cancel", job_id), ("wake",).
+        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._wake = threading.Condition()
         self._closing = threading.Event()
         self._durations: list[float] = []
@@ -106,8 +165,10 @@ class Engine:
         self.unit_observers: list[Callable[[str, float, bool], None]] = []
         self.recovered = self.store.requeue_interrupted()
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
+        self._closing_at: float | None = None
         if start:
             collect_blobs(self.data_dir, self.store.requests(), older_than_s=BLOB_GRACE_S)
+            self.executor.start()
             self._thread.start()
             for job_id in self.store.undelivered_webhooks():
                 self._deliver_webhook(job_id)  # finished before a crash, never told
@@ -170,8 +231,7 @@ class Engine:
                     job.id, JobStatus.SUCCEEDED, outputs=earlier.outputs, reused_from=earlier.id
                 )
                 self._deliver_webhook(job.id)
-        with self._wake:
-            self._wake.notify_all()
+        self._inbox.put(("wake",))
         return job
 
     def get(self, job_id: str) -> Job:
@@ -190,16 +250,22 @@ class Engine:
         return self.store.list(status=status, kind=kind, limit=limit, offset=offset)
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a job: a queued one at once, a running one between steps. Raises NotFound."""
-        job = self.store.get(job_id)
-        if job.status.is_terminal():
-            return job
-        self._cancel.setdefault(job_id, threading.Event()).set()
-        if job.status == JobStatus.QUEUED:
-            cancelled = self.store.finish(job_id, JobStatus.CANCELLED)
+        """Cancel a job. The cancel is recorded before this returns: a queued job is
+        ``cancelled`` at once, a running one ``cancelling`` until its units have stopped at their
+        next step (or, after `cancel_grace_s`, were abandoned with their workers); a restarted
+        engine never runs it again. A finished job is returned as it is.
+
+        Raises:
+            NotFound: no such job.
+        """
+        job = self.store.request_cancel(job_id)
+        if job.status == JobStatus.CANCELLED and job_id not in self._runs:
             self._deliver_webhook(job_id)
-            return cancelled
-        return self.wait(job_id, timeout=30)
+            with self._wake:
+                self._wake.notify_all()
+        elif job.status == JobStatus.CANCELLING:
+            self._inbox.put(("cancel", job_id))
+        return job
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once it is terminal, or as it is when `timeout` seconds have passed."""
@@ -215,7 +281,8 @@ class Engine:
                 self._wake.wait(timeout=0.05 if left is None else min(0.05, left))
 
     async def events(self, job_id: str, since: int = 0) -> AsyncIterator[JobEvent]:
-        """Events after `since`, as they come, ending after the job's terminal status event."""
+        """Events after `since`, as they come, ending after the job's terminal status event
+        (or when the engine closes: a client resumes with ``since`` at the next start)."""
         self.store.get(job_id)
         while True:
             for event in self.store.events(job_id, since):
@@ -223,6 +290,8 @@ class Engine:
                 yield event
                 if event.type == "status" and JobStatus(event.data["status"]).is_terminal():
                     return
+            if self._closing.is_set():
+                return
             await asyncio.sleep(0.05)
 
     def put_blob(self, data: bytes) -> str:
@@ -234,15 +303,18 @@ class Engine:
         return self.data_dir / job.outputs[index].path
 
     def close(self) -> None:
-        """Stop taking jobs; the running one finishes its current units."""
+        """Stop: take no more units, ask running ones to stop at their next step, abandon any
+        still running after `shutdown_grace_s` (killing their worker processes), and put their
+        jobs back in the queue (they resume at the next start, finished units kept). Returns
+        within a few seconds of the grace period whatever the units do."""
         self._closing.set()
-        with self._wake:
-            self._wake.notify_all()
+        self._inbox.put(("wake",))
         if self._thread.is_alive():
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=self.settings.shutdown_grace_s + 5)
+        self.executor.close(timeout=1.0)
+        deadline = time.monotonic() + 2.0  # webhooks not sent by then go out at the next start
         for thread in self._webhooks:
-            thread.join(timeout=30)
-        self.executor.close()
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.store.close()
 
     # -- delivery -------------------------------------------------------------------------------
@@ -341,122 +413,225 @@ class Engine:
         return round(max(1.0, per_job * queued / max(self.executor.workers, 1)), 1)
 
     def _loop(self) -> None:
-        while not self._closing.is_set():
-            job = self.store.next_queued()
-            if job is None:
-                with self._wake:
-                    self._wake.wait(timeout=0.2)
-                continue
-            started = time.monotonic()
-            peak_before = _peak_rss_mb()
-            self._deliver_webhook(job.id)  # webhook_events=all: follow it from its first event
+        while True:
             try:
-                self._run(job)
-            except Exception as exc:  # the scheduler must outlive any one job
-                self.store.finish(
-                    job.id,
-                    JobStatus.FAILED,
-                    error=JobError(code="internal", message=f"{type(exc).__name__}: {exc}"),
-                )
-            self._deliver_webhook(job.id)
-            self._durations.append(time.monotonic() - started)
-            finished = self.store.get(job.id)
-            log.info(
-                "job finished",
-                extra={
-                    "job_id": job.id,
-                    "kind": job.kind,
-                    "status": finished.status.value,
-                    "model": job.request.get("model"),
-                    "seed": job.request.get("seed"),
-                    "units": finished.progress.total,
-                    "resumed": finished.progress.resumed,
-                    "latency_ms": round((time.monotonic() - started) * 1000, 1),
-                    "peak_rss_mb": max(peak_before, _peak_rss_mb()),
-                    "error": finished.error.code if finished.error else None,
-                },
-            )
+                item: tuple[Any, ...] | None = self._inbox.get(timeout=0.1)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                self._handle(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            if self._closing.is_set():
+                if self._wind_down():
+                    return
+            else:
+                self._abandon_overdue(self.settings.cancel_grace_s)
+                try:
+                    self._dispatch()
+                except Exception:  # the scheduler must outlive any one job's surprise
+                    log.exception("dispatch failed")
             with self._wake:
                 self._wake.notify_all()
 
-    def _run(self, job: Job) -> None:
-        planner = planner_for(job.kind)
-        request = planner.request_model.model_validate(job.request)
-        stop = self._cancel.setdefault(job.id, threading.Event())
-        units = self.store.units(job.id)
-        if not units:
-            try:
-                units = self.store.add_units(job.id, planner.plan(request, self.data_dir))
-            except AssetboxError as exc:
-                self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
-                return
-        job_dir = self.files / job.id / "units"
-        done = {u.index for u in units if u.status == UnitStatus.DONE and u.result_path}
-        done = {i for i in done if (job_dir / f"{i}.bin").is_file()}
-        progress = JobProgress(done=len(done), total=len(units), resumed=len(done))
-        self.store.set_progress(job.id, progress)
-        running: dict[Future[bytes], int] = {}
-        todo = [u.index for u in units if u.index not in done]
-        payloads = {u.index: u.payload for u in units}
-
-        sent_at: dict[int, float] = {}
-
-        def launch(index: int) -> None:
-            attempt = self.store.start_unit(job.id, index)
-
-            def report_step(step: int, steps: int) -> None:
-                progress.step, progress.steps = step, steps
-                self.store.set_progress(job.id, progress, event=False)
-
-            task = UnitTask(job.kind, job.request, payloads[index], attempt, str(self.data_dir))
-            sent_at[index] = time.monotonic()
-            running[self.executor.submit(task, stop.is_set, report_step)] = index
-
-        # Keep every worker busy, and no more: units not yet sent can still be cancelled.
-        while todo or running:
-            while todo and len(running) < self.executor.workers and not stop.is_set():
-                launch(todo.pop(0))
-            if stop.is_set() and not running:
-                self.store.finish(job.id, JobStatus.CANCELLED)
-                return
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in finished:
-                index = running.pop(future)
-                elapsed = time.monotonic() - sent_at[index]
-                for observe in self.unit_observers:
-                    observe(job.kind, elapsed, future.exception() is None)
-                try:
-                    result = future.result()
-                except Cancelled:
-                    continue
-                except Exception as exc:
-                    error = _error(exc)
-                    attempts = self.store.units(job.id)[index].attempts
-                    transient = isinstance(exc, (*TRANSIENT, WorkerDied))
-                    retry = transient and attempts < self.settings.unit_max_attempts
-                    self.store.fail_unit(job.id, index, error, retry=retry)
-                    if retry:
-                        todo.insert(0, index)
-                        continue
-                    stop.set()  # no further units; wait for the running ones, then fail
-                    for other in list(running):
-                        other.exception()
-                    self.store.finish(job.id, JobStatus.FAILED, error=error)
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        match item:
+            case ("unit", _Run() as run, Future() as future):
+                guard = self._unit_done
+                args: tuple[Any, ...] = (run, future)
+            case ("planned", _Run() as run, result):
+                guard, args = self._planned, (run, result)
+            case ("assembled", _Run() as run, result):
+                guard, args = self._assembled, (run, result)
+            case ("cancel", str(job_id)):
+                run = self._runs.get(job_id)
+                if run is None:
                     return
-                path = job_dir / f"{index}.bin"
-                write_atomically(path, result)
-                self.store.finish_unit(job.id, index, str(path.relative_to(self.data_dir)))
-                progress.done += 1
-                self.store.set_progress(job.id, progress)
-        if stop.is_set():
-            self.store.finish(job.id, JobStatus.CANCELLED)
-            return
-        results = UnitResults([job_dir / f"{i}.bin" for i in range(len(units))])
+                guard, args = self._cancelled, (run,)
+            case _:
+                return
         try:
-            assembled = planner.assemble(request, results, self.data_dir)
-        except AssetboxError as exc:
-            self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
+            guard(*args)
+        except Exception as exc:  # the scheduler must outlive any one job
+            log.exception("scheduler step failed", extra={"job_id": run.job.id})
+            self._end(run, JobStatus.FAILED, error=_error(exc))
+
+    # Fair share: every free worker goes to the running job with the fewest units in flight
+    # (the oldest first among equals); a queued job has none in flight, so it is taken as soon as
+    # a worker frees up and every running job has at least one unit out. One job is planned at a
+    # time, so a burst of submits does not plan everything at once.
+    def _dispatch(self) -> None:
+        free = self.executor.workers - sum(len(r.running) for r in self._runs.values())
+        while free > 0:
+            ready = [
+                r
+                for r in self._runs.values()
+                if r.phase == "running" and r.todo and not r.stop.is_set()
+            ]
+            best = min(
+                ready, key=lambda r: (len(r.running), r.job.created_at, r.job.id), default=None
+            )
+            planning = any(r.phase == "planning" for r in self._runs.values())
+            if (best is None or best.running) and not planning:
+                # A read first: the write transaction only when there is a job to take.
+                oldest = self.store.oldest_queued()
+                job = self.store.next_queued(oldest.id) if oldest is not None else None
+                if job is not None:
+                    try:
+                        self._activate(job)
+                    except Exception as exc:  # e.g. a kind this version no longer has
+                        self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
+                    free -= 1  # kept for it in this pass; it takes one once planned
+                    continue
+            if best is None:
+                return
+            self._launch(best, best.todo.pop(0))
+            free -= 1
+
+    def _activate(self, job: Job) -> None:
+        run = _Run(
+            job=job,
+            planner=planner_for(job.kind),
+            request=None,
+            started=time.monotonic(),
+            peak_before=_peak_rss_mb(),
+        )
+        self._runs[job.id] = run
+        self._deliver_webhook(job.id)  # webhook_events=all: follow it from its first event
+        threading.Thread(
+            target=self._plan, args=(run,), name=f"plan-{job.id[:8]}", daemon=True
+        ).start()
+
+    def _plan(self, run: _Run) -> None:
+        """On a thread of its own (planning may decode a big image): the request and units."""
+        try:
+            run.request = run.planner.request_model.model_validate(run.job.request)
+            units = self.store.units(run.job.id)
+            if not units:
+                payloads = run.planner.plan(run.request, self.data_dir)
+                units = self.store.add_units(run.job.id, payloads)
+            result: Any = units
+        except Exception as exc:
+            result = exc
+        self._inbox.put(("planned", run, result))
+
+    def _planned(self, run: _Run, result: Any) -> None:
+        if run.ended:
             return
+        if isinstance(result, BaseException):
+            self._end(run, JobStatus.FAILED, error=_error(result))
+            return
+        job_dir = self.files / run.job.id / "units"
+        done = {u.index for u in result if u.status == UnitStatus.DONE and u.result_path}
+        done = {i for i in done if (job_dir / f"{i}.bin").is_file()}
+        run.payloads = {u.index: u.payload for u in result}
+        run.todo = [u.index for u in result if u.index not in done]
+        run.progress = JobProgress(done=len(done), total=len(result), resumed=len(done))
+        run.phase = "running"
+        self.store.set_progress(run.job.id, run.progress)
+        self._settle(run)
+
+    def _launch(self, run: _Run, index: int) -> None:
+        job = run.job
+        attempt = self.store.start_unit(job.id, index)
+        task = UnitTask(job.kind, job.request, run.payloads[index], attempt, str(self.data_dir))
+        run.sent_at[index] = time.monotonic()
+
+        def report_step(step: int, steps: int) -> None:
+            self._report_step(run, index, step, steps)
+
+        future = self.executor.submit(task, run.stop.is_set, report_step)
+        run.running[future] = index
+        future.add_done_callback(lambda done: self._inbox.put(("unit", run, done)))
+
+    def _report_step(self, run: _Run, index: int, step: int, steps: int) -> None:
+        """A unit's step (on an executor's thread): an event at most `progress_events_per_s`
+        times a second per job, and always for a unit's last step."""
+        with run.lock:
+            if run.ended:
+                return
+            run.progress.step, run.progress.steps, run.progress.unit = step, steps, index
+            now = time.monotonic()
+            interval = 1.0 / self.settings.progress_events_per_s
+            if step < steps and now - run.last_step_event < interval:
+                return
+            run.last_step_event = now
+            snapshot = run.progress.model_copy()
+        self.store.set_progress(run.job.id, snapshot)
+
+    def _unit_done(self, run: _Run, future: Future[bytes]) -> None:
+        index = run.running.pop(future, None)
+        if index is None or run.ended:
+            return
+        job = run.job
+        elapsed = time.monotonic() - run.sent_at.pop(index, time.monotonic())
+        exc = future.exception()
+        for observe in self.unit_observers:
+            observe(job.kind, elapsed, exc is None)
+        if exc is None:
+            path = self.files / job.id / "units" / f"{index}.bin"
+            write_atomically(path, future.result())
+            self.store.finish_unit(job.id, index, str(path.relative_to(self.data_dir)))
+            with run.lock:
+                run.progress.done += 1
+                snapshot = run.progress.model_copy()
+            self.store.set_progress(job.id, snapshot)
+        elif isinstance(exc, Cancelled) and run.outcome is not None:
+            pass  # asked to stop: the job ends (or is requeued) once nothing runs
+        else:
+            error = _error(exc)
+            attempts = self.store.units(job.id)[index].attempts
+            transient = isinstance(exc, (*TRANSIENT, WorkerDied))
+            retry = transient and attempts < self.settings.unit_max_attempts
+            retry = retry and not run.stop.is_set()
+            self.store.fail_unit(job.id, index, error, retry=retry)
+            if retry:
+                run.todo.insert(0, index)
+            else:
+                run.ask_stop("fail", error)  # no further units; the running ones stop
+        self._settle(run)
+
+    def _cancelled(self, run: _Run) -> None:
+        run.ask_stop("cancel")
+        self._settle(run)
+
+    def _settle(self, run: _Run) -> None:
+        """End, requeue or assemble a job once nothing of it runs."""
+        if run.ended or run.running:
+            return
+        if run.outcome == "cancel":
+            self._end(run, JobStatus.CANCELLED)
+        elif run.outcome == "fail":
+            self._end(run, JobStatus.FAILED, error=run.error)
+        elif run.outcome == "shutdown":
+            if run.phase != "planning" or run.ended:
+                self._requeue(run)
+        elif run.phase == "running" and not run.todo:
+            run.phase = "assembling"
+            threading.Thread(
+                target=self._assemble, args=(run,), name=f"assemble-{run.job.id[:8]}", daemon=True
+            ).start()
+
+    def _assemble(self, run: _Run) -> None:
+        """On a thread of its own (an 8K image takes a while): outputs written, uploads done."""
+        job = run.job
+        try:
+            units = len(run.payloads)
+            job_dir = self.files / job.id / "units"
+            results = UnitResults([job_dir / f"{i}.bin" for i in range(units)])
+            assembled = run.planner.assemble(run.request, results, self.data_dir)
+            outputs = self._write_outputs(job, assembled)
+            if job.delivery and job.delivery.upload_urls:
+                files = [self.data_dir / o.path for o in outputs]
+                outputs = upload_outputs(outputs, files, job.delivery.upload_urls, self.settings)
+            result: Any = outputs
+        except Exception as exc:
+            result = exc
+        self._inbox.put(("assembled", run, result))
+
+    def _write_outputs(self, job: Job, assembled: list[AssembledOutput]) -> list[JobOutput]:
         outputs = []
         for n, item in enumerate(assembled):
             path = self.files / job.id / "outputs" / f"{n}.{item.extension}"
@@ -472,11 +647,101 @@ class Engine:
                     timings_ms=item.timings_ms or {},
                 )
             )
-        if job.delivery and job.delivery.upload_urls:
-            files = [self.data_dir / o.path for o in outputs]
-            outputs = upload_outputs(outputs, files, job.delivery.upload_urls, self.settings)
-        self.store.finish(job.id, JobStatus.SUCCEEDED, outputs=outputs)
-        shutil.rmtree(job_dir, ignore_errors=True)  # unit results are only needed until here
+        return outputs
+
+    def _assembled(self, run: _Run, result: Any) -> None:
+        if run.ended:
+            return
+        if run.outcome is not None:
+            self._settle(run)  # cancelled or shutting down while assembling
+        elif isinstance(result, BaseException):
+            self._end(run, JobStatus.FAILED, error=_error(result))
+        else:
+            self._end(run, JobStatus.SUCCEEDED, outputs=result)
+            # unit results are only needed until here
+            shutil.rmtree(self.files / run.job.id / "units", ignore_errors=True)
+
+    def _abandon_overdue(self, grace_s: float) -> None:
+        """Units still running `grace_s` after their job asked them to stop are abandoned with
+        their workers (the executor kills and replaces them); their futures fail at once."""
+        now = time.monotonic()
+        for run in list(self._runs.values()):
+            if run.aborted or run.stop_asked_at is None or not run.running:
+                continue
+            if now - run.stop_asked_at >= grace_s:
+                run.aborted = True
+                log.warning(
+                    "abandoning units that did not stop",
+                    extra={"job_id": run.job.id, "units": sorted(run.running.values())},
+                )
+                for future in list(run.running):
+                    self.executor.abort(future)
+
+    def _wind_down(self) -> bool:
+        """One scheduler pass while closing; True once no job runs any more."""
+        if self._closing_at is None:
+            self._closing_at = time.monotonic()
+            for run in list(self._runs.values()):
+                run.ask_stop("shutdown")
+                self._settle(run)
+        for run in list(self._runs.values()):
+            if run.phase in ("planning", "assembling") and not run.running:
+                self._settle_shutdown(run)
+        self._abandon_overdue(self.settings.shutdown_grace_s)
+        if time.monotonic() - self._closing_at > self.settings.shutdown_grace_s + 2:
+            for run in list(self._runs.values()):  # an executor that never answered
+                run.running.clear()
+                self._settle_shutdown(run)
+        return not self._runs
+
+    def _settle_shutdown(self, run: _Run) -> None:
+        if run.outcome == "shutdown":
+            self._requeue(run)
+        else:
+            self._settle(run)
+
+    def _requeue(self, run: _Run) -> None:
+        with run.lock:
+            run.ended = True
+        self._runs.pop(run.job.id, None)
+        if self.store.requeue(run.job.id, "shutdown"):
+            log.info(
+                "job requeued at shutdown",
+                extra={"job_id": run.job.id, "kind": run.job.kind, "done": run.progress.done},
+            )
+
+    def _end(
+        self,
+        run: _Run,
+        status: JobStatus,
+        *,
+        outputs: list[JobOutput] | None = None,
+        error: JobError | None = None,
+    ) -> None:
+        with run.lock:
+            if run.ended:
+                return
+            run.ended = True
+        job = run.job
+        self._runs.pop(job.id, None)
+        finished = self.store.finish(job.id, status, outputs=outputs, error=error)
+        self._deliver_webhook(job.id)
+        self._durations.append(time.monotonic() - run.started)
+        log.info(
+            "job finished",
+            extra={
+                "job_id": job.id,
+                "kind": job.kind,
+                "status": finished.status.value,
+                "model": job.request.get("model"),
+                "seed": job.request.get("seed"),
+                "units": finished.progress.total,
+                "resumed": finished.progress.resumed,
+                "latency_ms": round((time.monotonic() - run.started) * 1000, 1),
+                "peak_rss_mb": max(run.peak_before, _peak_rss_mb()),
+                "error": finished.error.code if finished.error else None,
+            },
+        )
 
 
 class UnitResults(Sequence[bytes]):

@@ -10,10 +10,13 @@ from pydantic import BaseModel, Field
 
 
 class JobStatus(StrEnum):
-    """``queued → running → succeeded | failed | cancelled``."""
+    """``queued → running → succeeded | failed | cancelled``; a running job that is asked to
+    stop is ``cancelling`` until its units have stopped (or were abandoned), then
+    ``cancelled``. A queued job is cancelled at once."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    CANCELLING = "cancelling"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -40,8 +43,9 @@ class JobError(BaseModel):
 class JobProgress(BaseModel):
     done: int = 0  # units finished
     total: int = 0  # units planned (0 until planned)
-    step: int = 0  # the current unit's step
+    step: int = 0  # the step of the unit that reported last
     steps: int = 0
+    unit: int | None = None  # which unit `step` belongs to
     resumed: int = 0  # units kept from before a restart
 
 

@@ -15,9 +15,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from assetbox.engine.engine import WorkerDied
-from assetbox.engine.executors import UnitTask, forget_model, run_task, worker_cache
-from assetbox.errors import InvalidInput
+from assetbox.engine.executors import (
+    UnitTask,
+    WorkerDied,
+    forget_model,
+    model_key,
+    run_task,
+    worker_cache,
+)
+from assetbox.errors import Cancelled, InvalidInput
 from assetbox.models.cache import CacheStats
 
 
@@ -77,12 +83,6 @@ class _Worker:
 WATCH_INTERVAL_S = 0.2  # how often a running unit's progress and cancellation are relayed
 
 
-def model_key(task: UnitTask) -> str | None:
-    """The model a unit needs (its request's ``model``), for routing to a warm worker."""
-    model = task.request.get("model")
-    return str(model) if model is not None else None
-
-
 class RayExecutor:
     """`workers` actors on a Ray cluster (`address`, or a local instance started here)."""
 
@@ -113,6 +113,8 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._actors = [self._actor_class.remote(*self._actor_args) for _ in range(workers)]
         self._busy = [False] * workers
+        self._running: list[Future | None] = [None] * workers  # each slot's unit
+        self._aborted: set[int] = set()  # slots whose actor was killed on purpose
         self._warm: list[str | None] = [None] * workers
         ray.get([actor.ping.remote() for actor in self._actors])  # all started before work
 
@@ -136,6 +138,8 @@ class RayExecutor:
             self._warm[slot] = key
             actor = self._actors[slot]
         result: Future[bytes] = Future()
+        with self._lock:
+            self._running[slot] = result
         ref_future = actor.run.remote(task).future()
 
         def done(ref_done: Future) -> None:
@@ -147,7 +151,13 @@ class RayExecutor:
                 with self._lock:  # replace the dead actor before the unit is retried
                     self._actors[slot] = self._actor_class.remote(*self._actor_args)
                     self._warm[slot] = None
-                error = WorkerDied(f"Ray worker {slot} died: {exc}")
+                    aborted = slot in self._aborted
+                    self._aborted.discard(slot)
+                error = (
+                    Cancelled("the unit did not stop; its Ray worker was killed")
+                    if aborted
+                    else WorkerDied(f"Ray worker {slot} died: {exc}")
+                )
             except self._ray.exceptions.RayTaskError as exc:
                 error = exc.as_instanceof_cause()
             except BaseException as exc:
@@ -155,6 +165,7 @@ class RayExecutor:
             # Free the slot before the engine hears of it: it may send the next unit at once.
             with self._lock:
                 self._busy[slot] = False
+                self._running[slot] = None
             if error is None:
                 result.set_result(value)
             else:
@@ -217,7 +228,21 @@ class RayExecutor:
         for actor in actors:
             actor.forget.remote(model_id)  # no wait: a busy actor drops it when it is idle
 
-    def close(self) -> None:
+    def start(self) -> None:
+        """The actors start in the constructor."""
+
+    def abort(self, future: Future[bytes]) -> None:
+        """Kill the actor running `future`'s unit; it is replaced, and the unit fails with
+        Cancelled."""
+        with self._lock:
+            slot = next((i for i, f in enumerate(self._running) if f is future), None)
+            if slot is None:
+                return
+            self._aborted.add(slot)
+            actor = self._actors[slot]
+        self._ray.kill(actor, no_restart=True)
+
+    def close(self, timeout: float = 5.0) -> None:
         for actor in self._actors:
             self._ray.kill(actor)
         self._actors = []

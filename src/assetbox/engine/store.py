@@ -235,13 +235,29 @@ class JobStore:
             ).fetchall()
         return [(r[0], r[1], int(r[2])) for r in rows]
 
-    def next_queued(self) -> Job | None:
-        """The oldest queued job, marked running (one transaction, so no two takers)."""
-        with self._tx() as db:
-            row = db.execute(
+    def oldest_queued(self) -> Job | None:
+        """The oldest queued job, left queued."""
+        with self._lock:
+            row = self._db.execute(
                 "SELECT * FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
                 (JobStatus.QUEUED.value,),
             ).fetchone()
+        return self._job(row) if row else None
+
+    def next_queued(self, job_id: str | None = None) -> Job | None:
+        """The oldest queued job (or `job_id` if it is still queued), marked running (one
+        transaction, so no two takers)."""
+        with self._tx() as db:
+            if job_id is None:
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
+                    (JobStatus.QUEUED.value,),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE status = ? AND id = ?",
+                    (JobStatus.QUEUED.value, job_id),
+                ).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -304,8 +320,52 @@ class JobStore:
             ).fetchone()
         return self._job(row) if row else None
 
+    def request_cancel(self, job_id: str) -> Job:
+        """Record a cancel at once (one transaction): a queued job becomes ``cancelled``, a
+        running one ``cancelling`` (the engine stops its units, then finishes it). A job already
+        terminal or cancelling is returned as it is.
+
+        Raises:
+            NotFound: no such job.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id!r}")
+            status = JobStatus(row["status"])
+            if status == JobStatus.RUNNING:
+                db.execute(
+                    "UPDATE jobs SET status = ? WHERE id = ?",
+                    (JobStatus.CANCELLING.value, job_id),
+                )
+                self._event(db, job_id, "status", {"status": JobStatus.CANCELLING.value})
+        if status == JobStatus.QUEUED:
+            return self.finish(job_id, JobStatus.CANCELLED)
+        return self.get(job_id)
+
+    def requeue(self, job_id: str, reason: str) -> bool:
+        """Put a running job back in the queue (its running units back to pending), e.g. at
+        shutdown, so that the next start resumes it; a job that is no longer running (cancelling,
+        terminal) is left alone. Returns whether it was requeued."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] != JobStatus.RUNNING.value:
+                return False
+            self._requeue(db, job_id, reason)
+            return True
+
+    def _requeue(self, db: sqlite3.Connection, job_id: str, reason: str) -> None:
+        db.execute("UPDATE jobs SET status = ? WHERE id = ?", (JobStatus.QUEUED.value, job_id))
+        db.execute(
+            "UPDATE units SET status = ? WHERE job_id = ? AND status = ?",
+            (UnitStatus.PENDING.value, job_id, UnitStatus.RUNNING.value),
+        )
+        self._event(db, job_id, "status", {"status": JobStatus.QUEUED.value, "reason": reason})
+
     def requeue_interrupted(self) -> list[str]:
-        """At start-up: jobs left running go back to the queue, their running units to pending."""
+        """At start-up: jobs left running go back to the queue, their running units to pending;
+        jobs left cancelling (a cancel accepted before a crash) end cancelled, so they never run
+        again. Returns the requeued ids."""
         with self._tx() as db:
             ids = [
                 r["id"]
@@ -314,15 +374,16 @@ class JobStore:
                 ).fetchall()
             ]
             for job_id in ids:
-                db.execute(
-                    "UPDATE jobs SET status = ? WHERE id = ?", (JobStatus.QUEUED.value, job_id)
-                )
-                db.execute(
-                    "UPDATE units SET status = ? WHERE job_id = ? AND status = ?",
-                    (UnitStatus.PENDING.value, job_id, UnitStatus.RUNNING.value),
-                )
-                self._event(db, job_id, "status", {"status": "queued", "reason": "restart"})
-            return ids
+                self._requeue(db, job_id, "restart")
+            cancelling = [
+                r["id"]
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE status = ?", (JobStatus.CANCELLING.value,)
+                ).fetchall()
+            ]
+        for job_id in cancelling:
+            self.finish(job_id, JobStatus.CANCELLED)
+        return ids
 
     def requests(self) -> list[str]:
         """Every job's request as stored (JSON text), e.g. to find the blobs they refer to."""
