@@ -98,6 +98,11 @@ class SimulateRequest(BaseModel):
     marker_dir: str | None = Field(
         default=None, description="where crash_units record their first attempt"
     )
+    stuck_units: list[int] = Field(
+        default_factory=list,
+        description="block for an hour without a step or a look at cancellation, as a forward "
+        "pass that never returns does",
+    )
 
 
 class SimulatePlanner:
@@ -121,6 +126,8 @@ class SimulatePlanner:
                 import os
 
                 os._exit(17)
+        if index in request.stuck_units:
+            time.sleep(3600)
         if index in request.fail_units:
             raise InvalidInput(f"unit {index} is set to fail", field="fail_units")
         if index in request.flaky_units and ctx.attempt == 1:
