@@ -158,7 +158,9 @@ def test_cancel_a_50_step_generation_within_one_step(tiny_models: Path, tmp_path
             assert time.monotonic() < deadline
             time.sleep(0.01)
         seen = client.get(f"/v1/jobs/{job['id']}").json()["progress"]["step"]
-        cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+        cancelled = client.post(
+            f"/v1/jobs/{job['id']}/cancel", headers={"Prefer": "wait=30"}
+        ).json()
         assert cancelled["status"] == "cancelled"
         # The step that was running when the cancel came finishes; no further one starts.
         assert cancelled["progress"]["step"] <= seen + 2 < 50

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import types
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -18,11 +17,10 @@ from assetbox.engine.engine import Engine
 from assetbox.engine.inputs import fetch_url
 from assetbox.errors import InvalidInput
 from assetbox.imaging import decode_base64, probe_image
-from assetbox.server.routers.jobs import present
+from assetbox.server.routers.jobs import prefer_wait, present
 from assetbox.server.schemas import JobCreate, JobPublic
 
 _Body = TypeVar("_Body", bound=BaseModel)
-MAX_WAIT_S = 300
 
 
 _LOCATION = {
@@ -61,11 +59,6 @@ def job_route(schema: type[BaseModel], **extra_content: Any) -> dict[str, Any]:
             }
         },
     }
-
-
-def prefer_wait(prefer: str | None) -> float:
-    match = re.search(r"wait\s*=\s*(\d+(?:\.\d+)?)", prefer or "")
-    return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
 
 
 async def image_bytes(request: Request, value: str, field: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,6 +18,13 @@ from assetbox.server.deps import EngineDep
 from assetbox.server.schemas import JobPublic, JobsPublic, OutputPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+MAX_WAIT_S = 300
+
+
+def prefer_wait(prefer: str | None) -> float:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), at most `MAX_WAIT_S`."""
+    match = re.search(r"wait\s*=\s*(\d+(?:\.\d+)?)", prefer or "")
+    return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
 
 
 def present(job: Job, engine: Engine, *, b64: bool = False) -> JobPublic:
@@ -56,8 +64,19 @@ def get_job(job_id: str, engine: EngineDep) -> JobPublic:
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, response_model_exclude_none=True)
-def cancel_job(job_id: str, engine: EngineDep) -> JobPublic:
-    return present(engine.cancel(job_id), engine)
+def cancel_job(
+    job_id: str, engine: EngineDep, prefer: Annotated[str | None, Header()] = None
+) -> JobPublic:
+    """Cancel a job. The cancel is recorded before the answer: a queued job is `cancelled`, a
+    running one `cancelling` until its units stop at their next step (a unit that does not stop
+    within `ASSETBOX_CANCEL_GRACE_S` is killed with its worker), then `cancelled`; it never runs
+    again, also after a restart. With ``Prefer: wait=N`` the answer waits up to N seconds for
+    the job to end."""
+    job = engine.cancel(job_id)
+    wait_s = prefer_wait(prefer)
+    if wait_s and not job.status.is_terminal():
+        job = engine.wait(job_id, timeout=wait_s)
+    return present(job, engine)
 
 
 @router.get("/{job_id}/outputs/{index}", response_class=FileResponse)
