@@ -135,7 +135,11 @@ class DiffusionModel:
             return self.pipe
         cls = getattr(diffusers, name)
         extra = {"controlnet": controlnet} if controlnet is not None else {}
-        return cls.from_pipe(self.pipe, **extra)
+        derived = cls.from_pipe(self.pipe, **extra)
+        # from_pipe does not carry the progress-bar setting: without this, every img2img run
+        # would draw a tqdm bar on the service's (or the CLI's) stderr.
+        derived.set_progress_bar_config(disable=True)
+        return derived
 
 
 def load_checkpoint(
