@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
+from typer.exceptions import TyperException
 
 from assetbox import __version__
 from assetbox.atomic_files import write_atomically
@@ -56,13 +59,77 @@ def main(
     """AI Assets Toolbox: generate, edit, caption and upscale images."""
 
 
-def _fail(exc: AssetboxError) -> typer.Exit:
-    where = f" ({exc.field})" if isinstance(exc, InvalidInput) and exc.field else ""
+def _fail(exc: AssetboxError, as_json: bool = False) -> typer.Exit:
+    """The exit for `exc` (code 2 for bad input, 1 otherwise), after saying why on stderr and,
+    with `as_json`, as ``{"error": {code, message, field}}`` on stdout (with the job's id and
+    status when a job ran)."""
+    field = getattr(exc, "field", None)
+    where = f" ({field})" if isinstance(exc, InvalidInput) and field else ""
     err.print(f"[red]error{where}:[/red] {exc.message}", highlight=False)
+    if as_json:
+        body: dict = {"error": {"code": exc.code, "message": exc.message, "field": field}}
+        if (job := getattr(exc, "job", None)) is not None:
+            body = {"job_id": job[0], "status": job[1], **body}
+        _echo_json(body)
     return typer.Exit(code=2 if isinstance(exc, InvalidInput) else 1)
 
 
-@app.command("upscale")
+def _echo_json(body: object) -> None:
+    typer.echo(json.dumps(body))
+
+
+class _JsonCommand(TyperCommand):
+    """A command with --json: errors in its arguments (a missing option, a value of the wrong
+    type), which click reports before the command runs, are also a JSON error on stdout."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        as_json = "--json" in args
+        try:
+            return super().parse_args(ctx, args)
+        except TyperException as exc:  # typer's own click's UsageError and its kinds
+            if as_json:
+                param = getattr(exc, "param", None)
+                error = {
+                    "code": "invalid_input",
+                    "message": exc.format_message(),
+                    "field": param.name if param is not None else None,
+                }
+                _echo_json({"error": error})
+            raise
+
+
+_Json = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object on stdout (the job and its outputs, or the error) and "
+        "nothing else there.",
+    ),
+]
+
+
+def _report(job_id: str, written: list[tuple[Path, _Output]], as_json: bool) -> None:
+    """Name each output written on stdout (one line each, or one JSON object), also when
+    stdout is not a terminal: scripts read it."""
+    if as_json:
+        outputs = [
+            {
+                "path": str(path),
+                "width": o.width,
+                "height": o.height,
+                "seed": o.seed,
+                "bytes": len(o.data),
+            }
+            for path, o in written
+        ]
+        _echo_json({"job_id": job_id, "status": "succeeded", "outputs": outputs})
+        return
+    for path, o in written:
+        seed = f", seed {o.seed}" if o.seed is not None else ""
+        typer.echo(f"wrote {path} ({o.width}x{o.height}, {len(o.data)} bytes{seed}, job {job_id})")
+
+
+@app.command("upscale", cls=_JsonCommand)
 def upscale(
     input: Annotated[Path, typer.Argument(help="Image to upscale (PNG, JPEG or WebP).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
@@ -90,6 +157,7 @@ def upscale(
             "process. [default: ASSETBOX_SERVER_URL]"
         ),
     ] = None,
+    as_json: _Json = False,
 ) -> None:
     """Upscale an image with a Real-ESRGAN-class model (built-in models need no download)."""
     from pydantic import ValidationError
@@ -130,9 +198,8 @@ def upscale(
         )
         write_atomically(output, result.data)  # never half an output, whatever happens
     except AssetboxError as exc:
-        raise _fail(exc) from exc
-    if err.is_terminal:
-        err.print(f"wrote {output} ({result.width}x{result.height}, job {job_id})", highlight=False)
+        raise _fail(exc, as_json) from exc
+    _report(job_id, [(output, result)], as_json)
 
 
 _INPUT_CODES = {"invalid_input", "image_too_large", "unsupported_format", "not_found"}
@@ -167,9 +234,13 @@ def _progress(label: str, show: bool):
     )
 
 
-def _job_error(code: str, message: str) -> AssetboxError:
-    """A failed job's error as the CLI's (exit code 2 for bad input, 1 otherwise)."""
-    return (InvalidInput if code in _INPUT_CODES else AssetboxError)(message)
+def _job_error(job_id: str, status: str, code: str, message: str) -> AssetboxError:
+    """A failed job's error as the CLI's (exit code 2 for bad input, 1 otherwise), keeping
+    the job's own code (``out_of_memory``, ``cancelled``) and its id and status for --json."""
+    error = (InvalidInput if code in _INPUT_CODES else AssetboxError)(message)
+    error.code = code
+    error.job = (job_id, status)  # type: ignore[attr-defined]
+    return error
 
 
 def _run_job(
@@ -186,6 +257,11 @@ def _run_job(
     outputs. With `key`, the same command again is the same job (a failed one runs anew)."""
     from assetbox.config import get_settings
 
+    if not err.is_terminal:
+        # Library progress bars (model loading in diffusers/transformers) are for a person at
+        # a terminal too; tqdm and huggingface_hub read these when they are imported.
+        for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(name, "1")
     server = server or get_settings().server_url
     fields = ("done", "total") if progress == "units" else ("step", "steps")
     if server:
@@ -225,7 +301,7 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
                     bar.update(task, completed=done, total=total)
         if job.status != JobStatus.SUCCEEDED:
             assert job.error is not None
-            raise _job_error(job.error.code, job.error.message)
+            raise _job_error(job.id, job.status.value, job.error.code, job.error.message)
         return job.id, [
             _Output(engine.output_path(job, o.index).read_bytes(), o.width, o.height, o.seed)
             for o in job.outputs
@@ -258,7 +334,7 @@ def _run_remote(server, kind, request, images, key, fields) -> tuple[str, list[_
             job = api.job(job["id"])
             if job["status"] != "succeeded":
                 error = job.get("error") or {"code": job["status"], "message": job["status"]}
-                raise _job_error(error["code"], error["message"])
+                raise _job_error(job["id"], job["status"], error["code"], error["message"])
             return job["id"], [
                 _Output(api.output(job["id"], o["index"]), o["width"], o["height"], o.get("seed"))
                 for o in job["outputs"]
@@ -286,8 +362,11 @@ def _client(server: str | None = None):
 def _api_error(exc) -> AssetboxError:
     """An API error answer as the CLI's error (exit code 2 for bad input, 1 otherwise)."""
     if exc.status in (404, 409, 413, 422):
-        return InvalidInput(exc.message, field=exc.field)
-    return AssetboxError(f"the server answered {exc.status} {exc.code}: {exc.message}")
+        error: AssetboxError = InvalidInput(exc.message, field=exc.field)
+    else:
+        error = AssetboxError(f"the server answered {exc.status} {exc.code}: {exc.message}")
+    error.code = exc.code
+    return error
 
 
 def _parse_loras(values: list[str]) -> list[dict]:
@@ -310,6 +389,7 @@ def _run_diffusion(
     images: dict[str, bytes],
     output: Path,
     server: str | None,
+    as_json: bool,
 ) -> None:
     """Run a generate/edit job (on `server`, or in this process) and write its outputs:
     OUT itself for one image, OUT-0, OUT-1, ... for several."""
@@ -325,14 +405,13 @@ def _run_diffusion(
         options_model(**request)  # bad options fail here, before any job exists
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc) from exc
-    _, results = _run_job(kind, request, images, server, progress="steps")
+    job_id, results = _run_job(kind, request, images, server, progress="steps")
     paths = [output]
     if len(results) > 1:
         paths = [output.with_name(f"{output.stem}-{n}{output.suffix}") for n in range(len(results))]
     for path, result in zip(paths, results, strict=True):
         write_atomically(path, result.data)
-        if err.is_terminal:
-            err.print(f"wrote {path} (seed {result.seed})", highlight=False)
+    _report(job_id, list(zip(paths, results, strict=True)), as_json)
 
 
 def _read_input(path: Path, field: str, *, argument: str | None = None) -> bytes:
@@ -359,7 +438,7 @@ _Server = Annotated[
 ]
 
 
-@app.command("generate")
+@app.command("generate", cls=_JsonCommand)
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="One or more prompts.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG/JPEG/WebP to write.")],
@@ -374,6 +453,7 @@ def generate(
     sampler: _Sampler = None,
     lora: _Lora = [],  # noqa: B006 (typer reads the default)
     server: _Server = None,
+    as_json: _Json = False,
 ) -> None:
     """Text to image. Several outputs are written as OUT-0.png, OUT-1.png, ..."""
     fields = {
@@ -389,12 +469,12 @@ def generate(
         "sampler": sampler,
     }
     try:
-        _run_diffusion("generate", fields, lora, {}, output, server)
+        _run_diffusion("generate", fields, lora, {}, output, server, as_json)
     except AssetboxError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, as_json) from exc
 
 
-@app.command("edit")
+@app.command("edit", cls=_JsonCommand)
 def edit(
     image: Annotated[Path, typer.Argument(help="The image to edit.")],
     prompt: Annotated[str, typer.Argument(help="What the result shows.")],
@@ -415,6 +495,7 @@ def edit(
     sampler: _Sampler = None,
     lora: _Lora = [],  # noqa: B006
     server: _Server = None,
+    as_json: _Json = False,
 ) -> None:
     """img2img, optionally with a ControlNet."""
     fields = {
@@ -435,9 +516,9 @@ def edit(
             fields["controlnet"] = {"model": controlnet, "conditioning_scale": conditioning_scale}
             if control_image is not None:
                 images["controlnet.image"] = _read_input(control_image, "controlnet.image")
-        _run_diffusion("edit", fields, lora, images, output, server)
+        _run_diffusion("edit", fields, lora, images, output, server, as_json)
     except AssetboxError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, as_json) from exc
 
 
 @app.command("serve")
@@ -447,14 +528,20 @@ def serve(
 ) -> None:
     """Run the HTTP API (OpenAPI docs at /docs) on embedded defaults: SQLite and files under
     the data directory, local workers."""
+    from assetbox.logs import configure_json_logs
+
+    # First: it turns progress bars off through variables that libraries read on import.
+    configure_json_logs()
     import uvicorn
 
-    from assetbox.logs import configure_json_logs
     from assetbox.server import create_app
 
-    configure_json_logs()
-    # Our own JSON request log replaces uvicorn's access log.
-    uvicorn.run(create_app(), host=host, port=port, log_level="info", access_log=False)
+    # log_config=None: uvicorn's loggers keep no handlers of their own and reach our JSON
+    # handler (its default config prints plain text). Our JSON request log replaces its
+    # access log.
+    uvicorn.run(
+        create_app(), host=host, port=port, log_level="info", access_log=False, log_config=None
+    )
 
 
 @models_app.command("list")
@@ -534,7 +621,7 @@ ServerOption = Annotated[
 ]
 
 
-def _call(server: str | None, call):
+def _call(server: str | None, call, as_json: bool = False):
     """Run `call(client)` against the server, with API errors as CLI errors."""
     import httpx
 
@@ -544,25 +631,29 @@ def _call(server: str | None, call):
         with _client(server) as api:
             return call(api)
     except ApiError as exc:
-        raise _fail(_api_error(exc)) from exc
+        raise _fail(_api_error(exc), as_json) from exc
     except httpx.HTTPError as exc:
-        raise _fail(AssetboxError(f"cannot reach the server: {exc}")) from exc
+        raise _fail(AssetboxError(f"cannot reach the server: {exc}"), as_json) from exc
     except AssetboxError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, as_json) from exc
 
 
-@jobs_app.command("list")
+@jobs_app.command("list", cls=_JsonCommand)
 def jobs_list(
     server: ServerOption = None,
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, ...")] = None,
     kind: Annotated[str | None, typer.Option(help="upscale, generate, edit, ...")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
+    as_json: _Json = False,
 ) -> None:
     """The newest jobs on the server."""
     from rich.table import Table
 
     filters = {k: v for k, v in {"status": status, "kind": kind, "limit": limit}.items() if v}
-    jobs = _call(server, lambda api: api.jobs(**filters))
+    jobs = _call(server, lambda api: api.jobs(**filters), as_json)
+    if as_json:
+        _echo_json({"jobs": jobs})
+        return
     table = Table()
     for column in ("id", "kind", "status", "progress", "created", "error"):
         table.add_column(column, overflow="fold")
@@ -587,13 +678,18 @@ def jobs_show(
     typer.echo(json.dumps(_call(server, lambda api: api.job(job_id)), indent=2))
 
 
-@jobs_app.command("cancel")
+@jobs_app.command("cancel", cls=_JsonCommand)
 def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")], server: ServerOption = None
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    server: ServerOption = None,
+    as_json: _Json = False,
 ) -> None:
     """Cancel a job (a running one stops between steps)."""
-    job = _call(server, lambda api: api.cancel(job_id))
-    typer.echo(f"{job['id']} {job['status']}")
+    job = _call(server, lambda api: api.cancel(job_id), as_json)
+    if as_json:
+        _echo_json(job)
+    else:
+        typer.echo(f"{job['id']} {job['status']}")
 
 
 @app.command("tiles")
