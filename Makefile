@@ -3,7 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: the service and its runtime dependencies, then the test tools on top (the `dev`
+# extra). `make serve` then `make test` adds only the tools; `make test` then `make serve`
+# installs nothing.
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
+HOST ?= 127.0.0.1
+PORT ?= 7000
 # Extra pip arguments for torch (e.g. an index URL that serves CPU builds on another machine).
 TORCH_PIP_ARGS ?=
 TORCH_VERSION := 2.13.0
@@ -14,16 +20,18 @@ SPANDREL_VERSION := 0.4.2
 OPEN_CLIP_VERSION := 3.3.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install serve test lint format bench clean
+.PHONY: install install-serve serve test lint format bench clean
 
-install: $(STAMP)
+install: $(DEV_STAMP)
+
+install-serve: $(SERVE_STAMP)
 
 # Torch first and pinned: a loose torch requirement pulled in later would fetch a multi-GB CUDA
 # build on a CPU-only machine. With a CUDA GPU (nvidia-smi answers) the normal CUDA build is taken,
 # ignoring any machine-wide pip configuration that points at a local CPU wheel, with the matching
 # torchvision. Without one, spandrel goes in without its torchvision requirement: PyPI only has
 # CUDA torchvision builds, which would replace the CPU torch (assetbox.models.architectures).
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "CUDA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
@@ -39,27 +47,35 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps "open-clip-torch==$(OPEN_CLIP_VERSION)" 2>&1 \
 		| grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
 	# pip's resolver warns that spandrel's torchvision is missing: on CPU machines that is intended.
+	$(PIP) install -q -e "." 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
+		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
+		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
+	touch $(SERVE_STAMP)
+
+# The test tools (pytest, ruff, ray, schemathesis, hypothesis, scikit-image, torchao) on top.
+$(DEV_STAMP): $(SERVE_STAMP)
 	$(PIP) install -q -e ".[dev]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
 		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
 		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
-# The service on embedded defaults (127.0.0.1:7000; OpenAPI at /docs).
-serve: $(STAMP)
-	$(BIN)/assetbox serve --host 127.0.0.1 --port 7000
+# The service on embedded defaults (127.0.0.1:7000; OpenAPI at /docs), with its runtime
+# dependencies only. HOST and PORT change where it listens.
+serve: $(SERVE_STAMP)
+	$(BIN)/assetbox serve --host $(HOST) --port $(PORT)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/tile_roundtrip.py --size 8192 --tile 1024 --overlap 128
 
 clean:
