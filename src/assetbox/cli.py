@@ -275,7 +275,9 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
     from assetbox.engine.engine import Engine
     from assetbox.engine.jobs import JobStatus
 
-    settings = get_settings().model_copy(update={"executor": "local", "workers": 1})
+    # Threads: one unit at a time in this process (worker processes would cost a start-up,
+    # and Ctrl-C ends this process and its unit together anyway).
+    settings = get_settings().model_copy(update={"executor": "thread", "workers": 1})
     if kind == "upscale":
         from assetbox.engine.upscale import model_store
         from assetbox.models.builtin import ensure_upscaler
@@ -521,6 +523,9 @@ def edit(
         raise _fail(exc, as_json) from exc
 
 
+GRACEFUL_SHUTDOWN_S = 2  # for open HTTP connections, before the engine stops
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -539,9 +544,28 @@ def serve(
     # log_config=None: uvicorn's loggers keep no handlers of their own and reach our JSON
     # handler (its default config prints plain text). Our JSON request log replaces its
     # access log.
-    uvicorn.run(
-        create_app(), host=host, port=port, log_level="info", access_log=False, log_config=None
+    service = create_app()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # SIGTERM/SIGINT: the engine stops sending units and asks running ones to stop
+            # now, while uvicorn drains connections (its event streams end with it).
+            engine = getattr(service.state, "engine", None)
+            if engine is not None:
+                engine.begin_close()
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    # timeout_graceful_shutdown: a connection that stays open must not hold the exit.
+    config = uvicorn.Config(
+        service,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    Server(config).run()
 
 
 @models_app.command("list")

@@ -185,3 +185,66 @@ def test_cli_generate_on_a_server(tiny_models: Path, tmp_path: Path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_sigterm_mid_job_exits_quickly_and_the_job_resumes_identically(
+    builtin_store, tmp_path: Path
+) -> None:
+    import threading
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_store.root, data_dir / "models")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    image = encode_pil(np.ascontiguousarray(photo("astronaut")[100:356, 100:420]))
+    body = {
+        "image": base64.b64encode(image).decode(),
+        "model": "realesr-animevideov3-x4",
+        "tile": 32,
+    }
+    server = start_server(data_dir, port)
+    try:
+        job_id = httpx.post(f"{base}/v1/upscale", json=body, timeout=30).json()["id"]
+
+        # A client follows the job's events while the server is told to stop: an open stream
+        # must not hold the shutdown.
+        def follow() -> None:
+            try:
+                with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=60) as r:
+                    for _ in r.iter_lines():
+                        pass
+            except httpx.HTTPError:
+                pass  # the server went away under it: expected
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        store = JobStore(data_dir / "jobs.sqlite3")
+        deadline = time.monotonic() + 120
+        while sum(u.status == UnitStatus.DONE for u in store.units(job_id)) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        asked = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        assert time.monotonic() - asked < 10, "SIGTERM must end the service within 10 s"
+        kept = {u.index for u in store.units(job_id) if u.status == UnitStatus.DONE}
+        job = store.get(job_id)
+        assert job.status == "queued"  # back in the queue, not failed
+        assert job.progress.total == 20 and len(kept) < 20
+
+        server = start_server(data_dir, port)
+        deadline = time.monotonic() + 300
+        while (job := httpx.get(f"{base}/v1/jobs/{job_id}").json())["status"] != "succeeded":
+            assert job["status"] in ("queued", "running") and time.monotonic() < deadline
+            time.sleep(0.2)
+        units = store.units(job_id)
+        assert all(units[i].attempts == 1 for i in kept)  # finished units not redone
+        resumed = httpx.get(base + job["outputs"][0]["url"]).content
+        fresh = httpx.post(
+            f"{base}/v1/upscale", json=body, headers={"Prefer": "wait=300"}, timeout=310
+        ).json()
+        assert fresh["status"] == "succeeded" and fresh["id"] != job_id
+        assert httpx.get(base + fresh["outputs"][0]["url"]).content == resumed
+    finally:
+        server.kill()
+        server.wait()

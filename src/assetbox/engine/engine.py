@@ -91,11 +91,10 @@ def make_executor(settings: Settings) -> Executor:
         return ThreadExecutor(
             workers=settings.workers, model_cache=worker_cache(settings.model_cache_bytes)
         )
-    from assetbox import logs
     from assetbox.engine.processes import ProcessExecutor
+    from assetbox.logs import json_logs_configured
 
-    configured = getattr(logs, "json_logs_configured", lambda: False)  # TODO(integration)
-    return ProcessExecutor(settings, json_logs=configured())
+    return ProcessExecutor(settings, json_logs=json_logs_configured())
 
 
 Outcome = Literal["cancel", "fail", "shutdown"]
@@ -302,13 +301,18 @@ class Engine:
         # A reused job's outputs are the earlier job's files: follow the recorded path.
         return self.data_dir / job.outputs[index].path
 
+    def begin_close(self) -> None:
+        """Start stopping without waiting (e.g. from a signal handler): no further units go
+        out, running ones are asked to stop, event streams end. `close` finishes the job."""
+        self._closing.set()
+        self._inbox.put(("wake",))
+
     def close(self) -> None:
         """Stop: take no more units, ask running ones to stop at their next step, abandon any
         still running after `shutdown_grace_s` (killing their worker processes), and put their
         jobs back in the queue (they resume at the next start, finished units kept). Returns
         within a few seconds of the grace period whatever the units do."""
-        self._closing.set()
-        self._inbox.put(("wake",))
+        self.begin_close()
         if self._thread.is_alive():
             self._thread.join(timeout=self.settings.shutdown_grace_s + 5)
         self.executor.close(timeout=1.0)

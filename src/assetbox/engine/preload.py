@@ -4,9 +4,19 @@ diffusers pipelines already imported: together they take several seconds, which 
 (and each one started after another was killed) would otherwise pay on its first unit. Nothing
 here touches a device."""
 
-from assetbox.engine.planners import planner_for
-from assetbox.models.architectures import import_spandrel
-from assetbox.pipelines.diffusion import _PIPELINES  # sets HF_HUB_OFFLINE before diffusers
+import os
+import signal
+
+# Ctrl-C reaches the whole process group; the service decides when workers stop.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+if os.environ.get("ASSETBOX_WORKER_JSON_LOGS") == "1":  # before the libraries log anything
+    from assetbox.logs import configure_json_logs
+
+    configure_json_logs()
+
+from assetbox.engine.planners import planner_for  # noqa: E402
+from assetbox.models.architectures import import_spandrel  # noqa: E402
+from assetbox.pipelines.diffusion import _PIPELINES  # noqa: E402  (HF_HUB_OFFLINE first)
 
 
 def _preload() -> None:

@@ -253,8 +253,10 @@ class ProcessExecutor:
         self._context = multiprocessing.get_context(self._method)
         if self._method == "forkserver":
             # Takes effect when this process starts its forkserver (once); a later call with
-            # the same list is harmless.
+            # the same list is harmless. The forkserver inherits this environment.
             self._context.set_forkserver_preload(PRELOAD)
+            if json_logs:
+                os.environ["ASSETBOX_WORKER_JSON_LOGS"] = "1"
         self._slots = [_Slot(spec) for spec in worker_specs(settings, self.workers, json_logs)]
         self._lock = threading.Lock()
         self._serials = itertools.count(1)
