@@ -26,6 +26,12 @@ def checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def make_env() -> dict[str, str]:
+    # Under `make test` the outer make's flags reach this one ("Entering directory" lines).
+    drop = {"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def dry_run(folder: Path, target: str) -> list[str]:
     done = subprocess.run(
         ["make", "-n", target, "PYTHON=/nonexistent/python3"],
@@ -33,6 +39,7 @@ def dry_run(folder: Path, target: str) -> list[str]:
         capture_output=True,
         text=True,
         timeout=60,
+        env=make_env(),
         check=True,
     )
     return done.stdout.splitlines()
@@ -82,7 +89,11 @@ def test_test_then_serve_installs_nothing(checkout: Path) -> None:
 def test_port_is_a_variable(checkout: Path) -> None:
     stamp(checkout, ".installed-serve")
     done = subprocess.run(
-        ["make", "-n", "serve", "PORT=7123"], cwd=checkout, capture_output=True, text=True
+        ["make", "-n", "serve", "PORT=7123"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        env=make_env(),
     )
     assert done.stdout.strip().endswith("--port 7123")
 

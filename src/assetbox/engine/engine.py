@@ -546,7 +546,14 @@ class Engine:
         def report_step(step: int, steps: int) -> None:
             self._report_step(run, index, step, steps)
 
-        future = self.executor.submit(task, run.stop.is_set, report_step)
+        try:
+            future = self.executor.submit(task, run.stop.is_set, report_step)
+        except Exception as exc:  # an executor that cannot take it: the job fails, cleanly
+            error = _error(exc)
+            self.store.fail_unit(job.id, index, error, retry=False)
+            run.ask_stop("fail", error)
+            self._settle(run)
+            return
         run.running[future] = index
         future.add_done_callback(lambda done: self._inbox.put(("unit", run, done)))
 
@@ -562,8 +569,9 @@ class Engine:
             if step < steps and now - run.last_step_event < interval:
                 return
             run.last_step_event = now
-            snapshot = run.progress.model_copy()
-        self.store.set_progress(run.job.id, snapshot)
+            # Under the lock: `_end` marks the run ended under it too, so no step event can
+            # follow the job's terminal one.
+            self.store.set_progress(run.job.id, run.progress.model_copy())
 
     def _unit_done(self, run: _Run, future: Future[bytes]) -> None:
         index = run.running.pop(future, None)
