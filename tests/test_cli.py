@@ -32,3 +32,15 @@ def test_tiles_refuses_an_overlap_as_large_as_the_tile() -> None:
     result = runner.invoke(app, ["tiles", "100", "100", "--tile", "64", "--overlap", "64"])
     assert result.exit_code == 2
     assert "overlap" in result.output
+
+
+def test_edit_help_says_the_size_defaults_to_the_input() -> None:
+    from typer.testing import CliRunner
+
+    from assetbox.cli import app
+
+    result = CliRunner().invoke(app, ["edit", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "Default: the input's width rounded to that multiple" in text
+    assert "(default: by family)" in text  # rich markup would swallow "[default: ...]"

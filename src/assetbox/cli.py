@@ -142,7 +142,7 @@ def upscale(
     tile: Annotated[
         int | None,
         typer.Option(
-            help="Core tile in input px; 0 = one untiled pass. [default: 224 CPU, 512 GPU]"
+            help="Core tile in input px; 0 = one untiled pass. (default: 224 CPU, 512 GPU)"
         ),
     ] = None,
     overlap: Annotated[int, typer.Option(help="Feathered seam between tiles, input px.")] = 2,
@@ -154,7 +154,7 @@ def upscale(
         str | None,
         typer.Option(
             help="Run the job on this assetbox server (http://HOST:PORT) instead of in this "
-            "process. [default: ASSETBOX_SERVER_URL]"
+            "process. (default: ASSETBOX_SERVER_URL)"
         ),
     ] = None,
     as_json: _Json = False,
@@ -430,13 +430,29 @@ def _read_input(path: Path, field: str, *, argument: str | None = None) -> bytes
 
 _Model = Annotated[str, typer.Option(help="Checkpoint id (assetbox models list).")]
 _Width = Annotated[int | None, typer.Option(help="Pixels, multiple of 8 (Flux: 16).")]
-_Steps = Annotated[int | None, typer.Option(help="Denoising steps. [default: by family]")]
-_Guidance = Annotated[float | None, typer.Option(help="Guidance scale. [default: by family]")]
-_Seed = Annotated[int | None, typer.Option(help="Seed of the first image. [default: random]")]
+_EditWidth = Annotated[
+    int | None,
+    typer.Option(
+        help="Output width, a multiple of 8 (Flux.1: 16). Default: the input's width rounded "
+        "to that multiple, or with only --height the width that keeps the input's aspect "
+        "ratio; an input over 4096 px needs an explicit size."
+    ),
+]
+_EditHeight = Annotated[
+    int | None,
+    typer.Option(
+        help="Output height, a multiple of 8 (Flux.1: 16). Default: the input's height "
+        "rounded to that multiple, or with only --width the height that keeps the input's "
+        "aspect ratio."
+    ),
+]
+_Steps = Annotated[int | None, typer.Option(help="Denoising steps. (default: by family)")]
+_Guidance = Annotated[float | None, typer.Option(help="Guidance scale. (default: by family)")]
+_Seed = Annotated[int | None, typer.Option(help="Seed of the first image. (default: random)")]
 _Sampler = Annotated[str | None, typer.Option(help="euler, euler_a, ddim, dpmpp_2m, ...")]
 _Lora = Annotated[list[str], typer.Option("--lora", help="NAME or NAME:WEIGHT (up to 4).")]
 _Server = Annotated[
-    str | None, typer.Option(help="Run on this server. [default: ASSETBOX_SERVER_URL]")
+    str | None, typer.Option(help="Run on this server. (default: ASSETBOX_SERVER_URL)")
 ]
 
 
@@ -485,12 +501,12 @@ def edit(
     strength: Annotated[float, typer.Option(help="How much is redrawn (0-1].")] = 0.6,
     controlnet: Annotated[str | None, typer.Option(help="ControlNet id.")] = None,
     control_image: Annotated[
-        Path | None, typer.Option(help="Control image. [default: the input]")
+        Path | None, typer.Option(help="Control image. (default: the input)")
     ] = None,
     conditioning_scale: Annotated[float, typer.Option(help="ControlNet strength.")] = 1.0,
     negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
-    width: _Width = None,
-    height: _Width = None,
+    width: _EditWidth = None,
+    height: _EditHeight = None,
     steps: _Steps = None,
     guidance: _Guidance = None,
     seed: _Seed = None,
@@ -641,7 +657,7 @@ def models_import(
 
 
 ServerOption = Annotated[
-    str | None, typer.Option(help="The server (http://HOST:PORT). [default: ASSETBOX_SERVER_URL]")
+    str | None, typer.Option(help="The server (http://HOST:PORT). (default: ASSETBOX_SERVER_URL)")
 ]
 
 

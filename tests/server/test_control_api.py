@@ -66,3 +66,36 @@ def test_cancel_answers_cancelling_at_once_and_cancelled_when_asked_to_wait(
         ended = client.post(f"/v1/jobs/{job['id']}/cancel", headers={"Prefer": "wait=30"})
         assert ended.json()["status"] == "cancelled"
         assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+def test_a_stuck_unit_is_cancelled_over_http_and_the_server_goes_on(
+    builtin_data_dir: Path,
+) -> None:
+    from tests.utils.images import encode_pil, photo
+
+    settings = Settings(data_dir=builtin_data_dir, cancel_grace_s=1)
+    with TestClient(create_app(settings)) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        # A unit that never reaches a step (as a forward pass that hangs); `simulate` has no
+        # route of its own, so it goes in through the engine.
+        stuck = engine.submit("simulate", {"units": 1, "stuck_units": [0]})
+        deadline = time.monotonic() + 60
+        while engine.store.units(stuck.id)[:1] == [] or engine.get(stuck.id).status != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.5)  # inside its unit by now
+        asked = time.monotonic()
+        answer = client.post(f"/v1/jobs/{stuck.id}/cancel").json()
+        assert answer["status"] == "cancelling"
+        ended = client.post(f"/v1/jobs/{stuck.id}/cancel", headers={"Prefer": "wait=15"}).json()
+        assert ended["status"] == "cancelled" and time.monotonic() - asked < 15
+        # The same server, no restart: the worker came back.
+        png = encode_pil(photo("chelsea")[:40, :56].copy())
+        files = {"image": ("in.png", png, "image/png")}
+        done = client.post(
+            "/v1/upscale",
+            files=files,
+            data={"model": "realesr-animevideov3-x2"},
+            headers={"Prefer": "wait=120"},
+        ).json()
+        assert done["status"] == "succeeded"
