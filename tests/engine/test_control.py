@@ -232,3 +232,55 @@ def test_a_cancel_survives_a_kill_before_the_unit_stops(tmp_path: Path) -> None:
     finally:
         engine.close()
         store.close()
+
+
+def test_a_surprise_in_one_jobs_handling_fails_it_and_frees_its_workers(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, workers=2, cancel_grace_s=1)
+    calls = []
+
+    def observe_once(kind: str, seconds: float, ok: bool) -> None:
+        calls.append(kind)
+        if len(calls) == 1:
+            raise OSError("disk full")  # as a failed result write would
+
+    engine.unit_observers.append(observe_once)
+    try:
+        first = engine.submit("simulate", {"units": 2, "unit_seconds": 0.2, "stuck_units": [1]})
+        done = engine.wait(first.id, timeout=30)
+        assert done.status == JobStatus.FAILED and "disk full" in done.error.message
+        # Its stuck unit was abandoned with its worker, not left holding it.
+        after = engine.wait(engine.submit("simulate", {"units": 4}).id, timeout=60)
+        assert after.status == JobStatus.SUCCEEDED
+    finally:
+        engine.close()
+
+
+def test_a_cancel_and_the_scheduler_taking_the_job_cannot_both_win(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    try:
+        queued, _ = store.create_job("simulate", {}, "h1")
+        assert store.request_cancel(queued.id).status == JobStatus.CANCELLED
+        assert store.next_queued(queued.id) is None  # cancelled in one transaction: not taken
+        taken, _ = store.create_job("simulate", {}, "h2")
+        assert store.next_queued(taken.id) is not None
+        assert store.request_cancel(taken.id).status == JobStatus.CANCELLING
+    finally:
+        store.close()
+
+
+def test_a_worker_that_dies_young_is_restarted_with_a_back_off(tmp_path: Path) -> None:
+    from assetbox.engine.processes import ProcessExecutor
+
+    executor = ProcessExecutor(Settings(data_dir=tmp_path, workers=1))
+    lives: list[float] = []
+
+    def dies_at_once(slot) -> bool:
+        lives.append(time.monotonic())
+        return False
+
+    executor._live_once = dies_at_once  # type: ignore[method-assign]
+    executor.start()
+    time.sleep(3.2)
+    executor.close(timeout=1)
+    # 0.5·2^n s apart (1, 2, 4 s ...): a handful of tries in 3 s, not a busy loop.
+    assert 2 <= len(lives) <= 4, len(lives)

@@ -23,6 +23,7 @@ import resource
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ log = get_logger("engine")
 # may belong to a submit between storing its blob and queueing.
 BLOB_GRACE_S = 3600.0
 
+# After an abort, how long the executor has to resolve the abandoned units' futures.
+ABORT_WAIT_S = 10.0
 # Errors after which the same unit may well succeed: out of memory (another time, another
 # worker) and a worker that died under it. Everything else is the input's fault.
 TRANSIENT = (OutOfMemory, ConnectionError, TimeoutError)
@@ -157,7 +160,7 @@ class Engine:
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._wake = threading.Condition()
         self._closing = threading.Event()
-        self._durations: list[float] = []
+        self._durations: deque[float] = deque(maxlen=20)
         self._webhooks: list[threading.Thread] = []
         self._followed: set[str] = set()  # jobs whose every event goes to their webhook
         # Called with (kind, seconds, succeeded) after every unit, e.g. by the metrics.
@@ -257,12 +260,13 @@ class Engine:
         Raises:
             NotFound: no such job.
         """
+        before = self.store.get(job_id).status
         job = self.store.request_cancel(job_id)
-        if job.status == JobStatus.CANCELLED and job_id not in self._runs:
+        if before == JobStatus.QUEUED and job.status == JobStatus.CANCELLED:
             self._deliver_webhook(job_id)
             with self._wake:
                 self._wake.notify_all()
-        elif job.status == JobStatus.CANCELLING:
+        elif job.status == JobStatus.CANCELLING or job_id in self._runs:
             self._inbox.put(("cancel", job_id))
         return job
 
@@ -305,6 +309,7 @@ class Engine:
         """Start stopping without waiting (e.g. from a signal handler): no further units go
         out, running ones are asked to stop, event streams end. `close` finishes the job."""
         self._closing.set()
+        self.executor.begin_close()  # workers that die from now on are not replaced
         self._inbox.put(("wake",))
 
     def close(self) -> None:
@@ -362,6 +367,7 @@ class Engine:
         else:
             return
         thread = threading.Thread(target=target, name=f"webhook-{job_id[:8]}", daemon=True)
+        self._webhooks = [t for t in self._webhooks if t.is_alive()]
         self._webhooks.append(thread)
         thread.start()
 
@@ -412,7 +418,7 @@ class Engine:
     # -- scheduling -----------------------------------------------------------------------------
 
     def _retry_after(self, queued: int) -> float:
-        recent = self._durations[-20:]
+        recent = list(self._durations)
         per_job = sum(recent) / len(recent) if recent else 5.0
         return round(max(1.0, per_job * queued / max(self.executor.workers, 1)), 1)
 
@@ -428,15 +434,15 @@ class Engine:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
                     item = None
-            if self._closing.is_set():
-                if self._wind_down():
-                    return
-            else:
-                self._abandon_overdue(self.settings.cancel_grace_s)
-                try:
+            try:
+                if self._closing.is_set():
+                    if self._wind_down():
+                        return
+                else:
+                    self._abandon_overdue(self.settings.cancel_grace_s)
                     self._dispatch()
-                except Exception:  # the scheduler must outlive any one job's surprise
-                    log.exception("dispatch failed")
+            except Exception:  # the scheduler must outlive any one job's surprise
+                log.exception("scheduler pass failed")
             with self._wake:
                 self._wake.notify_all()
 
@@ -460,7 +466,18 @@ class Engine:
             guard(*args)
         except Exception as exc:  # the scheduler must outlive any one job
             log.exception("scheduler step failed", extra={"job_id": run.job.id})
-            self._end(run, JobStatus.FAILED, error=_error(exc))
+            self._fail_run(run, exc)
+
+    def _fail_run(self, run: _Run, exc: BaseException) -> None:
+        """Fail a job after a surprise in its handling: its running units are stopped (and
+        abandoned after the grace) like any failure's, so no worker is left double-booked."""
+        run.ask_stop("fail", _error(exc))
+        try:
+            self._settle(run)
+        except Exception:
+            log.exception("cannot settle a failed job", extra={"job_id": run.job.id})
+            if not run.running:
+                self._runs.pop(run.job.id, None)
 
     # Fair share: every free worker goes to the running job with the fewest units in flight
     # (the oldest first among equals); a queued job has none in flight, so it is taken as soon as
@@ -486,6 +503,7 @@ class Engine:
                     try:
                         self._activate(job)
                     except Exception as exc:  # e.g. a kind this version no longer has
+                        self._runs.pop(job.id, None)
                         self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
                     free -= 1  # kept for it in this pass; it takes one once planned
                     continue
@@ -503,10 +521,13 @@ class Engine:
             peak_before=_peak_rss_mb(),
         )
         self._runs[job.id] = run
-        self._deliver_webhook(job.id)  # webhook_events=all: follow it from its first event
         threading.Thread(
             target=self._plan, args=(run,), name=f"plan-{job.id[:8]}", daemon=True
         ).start()
+        try:
+            self._deliver_webhook(job.id)  # webhook_events=all: follow it from its first event
+        except Exception:  # delivery is best effort here; the terminal one is retried
+            log.exception("cannot start the webhook follower", extra={"job_id": job.id})
 
     def _plan(self, run: _Run) -> None:
         """On a thread of its own (planning may decode a big image): the request and units."""
@@ -539,20 +560,18 @@ class Engine:
 
     def _launch(self, run: _Run, index: int) -> None:
         job = run.job
-        attempt = self.store.start_unit(job.id, index)
-        task = UnitTask(job.kind, job.request, run.payloads[index], attempt, str(self.data_dir))
-        run.sent_at[index] = time.monotonic()
 
         def report_step(step: int, steps: int) -> None:
             self._report_step(run, index, step, steps)
 
         try:
+            attempt = self.store.start_unit(job.id, index)
+            task = UnitTask(job.kind, job.request, run.payloads[index], attempt, str(self.data_dir))
+            run.sent_at[index] = time.monotonic()
             future = self.executor.submit(task, run.stop.is_set, report_step)
-        except Exception as exc:  # an executor that cannot take it: the job fails, cleanly
-            error = _error(exc)
-            self.store.fail_unit(job.id, index, error, retry=False)
-            run.ask_stop("fail", error)
-            self._settle(run)
+        except Exception as exc:  # a store or an executor that cannot take it: fail cleanly
+            run.todo.insert(0, index)
+            self._fail_run(run, exc)
             return
         run.running[future] = index
         future.add_done_callback(lambda done: self._inbox.put(("unit", run, done)))
@@ -678,9 +697,18 @@ class Engine:
         their workers (the executor kills and replaces them); their futures fail at once."""
         now = time.monotonic()
         for run in list(self._runs.values()):
-            if run.aborted or run.stop_asked_at is None or not run.running:
+            if run.stop_asked_at is None or not run.running:
                 continue
-            if now - run.stop_asked_at >= grace_s:
+            if run.aborted and now - run.stop_asked_at >= grace_s + ABORT_WAIT_S:
+                # The executor never resolved the aborted units: stop waiting for them.
+                log.error(
+                    "aborted units never came back; the job ends without them",
+                    extra={"job_id": run.job.id, "units": sorted(run.running.values())},
+                )
+                run.running.clear()
+                self._settle(run)
+                continue
+            if not run.aborted and now - run.stop_asked_at >= grace_s:
                 run.aborted = True
                 log.warning(
                     "abandoning units that did not stop",

@@ -94,6 +94,10 @@ class Executor(Protocol):
         once and its worker is replaced (killed where the executor can kill it)."""
         ...
 
+    def begin_close(self) -> None:
+        """Shutdown has begun: a worker lost from now on need not be replaced."""
+        ...
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the workers; units still running after `timeout` seconds are killed or
         abandoned."""
@@ -178,7 +182,9 @@ class ThreadExecutor:
             unit = self._queue.get()
             if unit is None:
                 return
-            with self._lock:
+            with self._lock:  # one step with `abort`: a unit aborted before it started is
+                if unit.future.done():  # skipped, one aborted after has its replacement
+                    continue
                 self._running[me] = unit.future
             try:
                 result = run_task(
@@ -223,10 +229,13 @@ class ThreadExecutor:
             owner = next((t for t, f in self._running.items() if f is future), None)
             if owner is not None:
                 self._abandoned.add(owner)
-        if not future.done():
-            future.set_exception(Cancelled("the unit did not stop; its worker was abandoned"))
+            if not future.done():
+                future.set_exception(Cancelled("the unit did not stop; its worker was abandoned"))
         if owner is not None and not self._closed:
             self._add_thread()
+
+    def begin_close(self) -> None:
+        self._closed = True
 
     def close(self, timeout: float = 5.0) -> None:
         self._closed = True

@@ -26,11 +26,13 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import pickle
 import queue
 import shutil
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -54,6 +56,7 @@ from assetbox.models.cache import CacheStats
 
 log = get_logger("workers")
 
+YOUNG_S = 10.0  # a worker that dies sooner without a word is restarted with a back-off
 POLL_S = 0.05  # how often a worker's thread looks at its pipe, outbox and the unit's cancel
 STATS_TIMEOUT_S = 2.0
 PRELOAD = ["assetbox.engine.preload"]
@@ -136,10 +139,17 @@ def worker_specs(settings: Settings, workers: int, json_logs: bool) -> list[Work
 # -- the child ------------------------------------------------------------------------------------
 
 
-def _portable(exc: BaseException) -> AssetboxError:
-    """An error that pickles: ours as they are, anything else as its type and message."""
+def _portable(exc: BaseException) -> BaseException:
+    """An error that pickles and unpickles: ours and Python's own (ConnectionError and
+    TimeoutError are retried) as they are, anything else as its type and message."""
     if isinstance(exc, AssetboxError):
         return exc
+    if type(exc).__module__ == "builtins" and isinstance(exc, Exception):
+        try:
+            pickle.loads(pickle.dumps(exc))
+            return exc
+        except Exception:
+            pass
     return AssetboxError(f"{type(exc).__name__}: {exc}")
 
 
@@ -178,6 +188,7 @@ def worker_main(conn: Any, spec: WorkerSpec) -> None:
             os._exit(0)  # the parent is gone
 
     def run(serial: int, task: UnitTask, stop: threading.Event) -> None:
+        message: tuple
         try:
             result = run_task(
                 task,
@@ -186,12 +197,16 @@ def worker_main(conn: Any, spec: WorkerSpec) -> None:
                 stop.is_set,
                 lambda step, steps: send(("step", serial, step, steps)),
             )
+            message = ("done", serial, result)
         except BaseException as exc:
-            send(("error", serial, _portable(exc)))
-        else:
-            send(("done", serial, result))
-        finally:
+            message = ("error", serial, _portable(exc))
+        # Before the answer: the parent may send the next unit as soon as it has it.
+        if current[0] is not None and current[0][0] == serial:
             current[0] = None
+        try:
+            send(message)
+        except Exception as exc:  # e.g. an error whose state does not pickle
+            send(("error", serial, AssetboxError(f"{type(exc).__name__}: {exc}")))
 
     while True:
         try:
@@ -223,9 +238,11 @@ def worker_main(conn: Any, spec: WorkerSpec) -> None:
 @dataclass
 class _Unit:
     serial: int
+    task: UnitTask
     future: Future[bytes]
     should_stop: Callable[[], bool]
     report_step: Callable[[int, int], None]
+    sent: bool = False  # to the process; an aborted unit never is
     cancel_sent: bool = False
     aborted: bool = False
 
@@ -238,6 +255,7 @@ class _Slot:
     warm: str | None = None  # the model of the last unit it ran
     process: Any = None
     ready: bool = False
+    answered: bool = False  # its current process has sent something
     stats: dict[str, Future[CacheStats]] = field(default_factory=dict)
     thread: threading.Thread | None = None
 
@@ -279,19 +297,25 @@ class ProcessExecutor:
             )
             slot.thread.start()
 
+    def begin_close(self) -> None:
+        """From now on a worker that dies is not replaced (shutdown has begun)."""
+        self._closed.set()
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker: idle ones exit at once; any still running a unit after
         `timeout` seconds (the engine asked them to stop already) are killed."""
         self._closed.set()
         for slot in self._slots:
             slot.outbox.put(("exit",))
+        deadline = time.monotonic() + timeout  # one deadline for all, not one each
         for slot in self._slots:
             if slot.thread is not None:
-                slot.thread.join(timeout=timeout)
-        for slot in self._slots:
-            if slot.process is not None and slot.process.is_alive():
-                slot.process.kill()
-                slot.process.join(timeout=2)
+                slot.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        alive = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
+        for process in alive:
+            process.kill()
+        for process in alive:
+            process.join(timeout=2)
 
     # -- units ------------------------------------------------------------------------------
 
@@ -309,10 +333,10 @@ class ProcessExecutor:
             free = [s for s in self._slots if s.unit is None]
             if not free:
                 raise RuntimeError("no free worker: the engine sends at most `workers` units")
+            free.sort(key=lambda s: not s.ready)  # a running process before one starting
             slot = next((s for s in free if key is not None and s.warm == key), free[0])
-            unit = _Unit(next(self._serials), future, should_stop, report_step)
+            unit = _Unit(next(self._serials), task, future, should_stop, report_step)
             slot.unit, slot.warm = unit, key
-        slot.outbox.put(("run", unit.serial, task))
         return future
 
     def abort(self, future: Future[bytes]) -> None:
@@ -365,44 +389,69 @@ class ProcessExecutor:
     # -- one worker's thread ----------------------------------------------------------------
 
     def _keep_alive(self, slot: _Slot) -> None:
-        """Start the worker's process, serve it, and start another when it goes away."""
+        """Start the worker's process, serve it, and start another when it goes away; a
+        worker that keeps dying young is restarted ever more slowly (up to a minute apart)."""
+        young_deaths = 0
         while not self._closed.is_set():
-            parent_end, child_end = self._context.Pipe()
-            process = self._context.Process(
-                target=worker_main,
-                args=(child_end, slot.spec),
-                name=f"assetbox-worker-{slot.spec.index}",
-                daemon=True,  # never outlives the service, even when it exits without close()
-            )
+            born = time.monotonic()
             try:
-                process.start()
-            except Exception:
-                log.exception("cannot start a worker process", extra={"worker": slot.spec.index})
-                self._closed.wait(1.0)
+                answered = self._live_once(slot)
+            except Exception:  # never leave a slot without its thread
+                log.exception("worker thread failed", extra={"worker": slot.spec.index})
+                answered = False
+            self._fail_unit(slot, WorkerDied(f"worker {slot.spec.index} went away"))
+            if answered or time.monotonic() - born > YOUNG_S:
+                young_deaths = 0
                 continue
-            finally:
-                child_end.close()
-            slot.process, slot.ready = process, True
-            try:
-                self._serve(slot, process, parent_end)
-            finally:
-                slot.ready = False
-                parent_end.close()
-                process.join(timeout=5)
+            young_deaths += 1
+            delay = min(60.0, 0.5 * 2**young_deaths)
+            log.error(
+                "worker process died young; restarting later",
+                extra={"worker": slot.spec.index, "deaths": young_deaths, "delay_s": delay},
+            )
+            self._closed.wait(delay)
+
+    def _live_once(self, slot: _Slot) -> bool:
+        """One process's life: start it, serve it until it goes away; returns whether it ever
+        answered (a worker that dies before that is dying young)."""
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_main,
+            args=(child_end, slot.spec),
+            name=f"assetbox-worker-{slot.spec.index}",
+            daemon=True,  # never outlives the service, even when it exits without close()
+        )
+        try:
+            process.start()
+        except Exception:
+            log.exception("cannot start a worker process", extra={"worker": slot.spec.index})
+            return False
+        finally:
+            child_end.close()
+        slot.process, slot.ready, slot.answered = process, True, False
+        try:
+            self._serve(slot, process, parent_end)
+        finally:
+            slot.ready = False
+            parent_end.close()
+            if process.is_alive() and self._closed.is_set():
+                process.kill()
+            process.join(timeout=5)
             for answer in list(slot.stats.values()):
                 if not answer.done():
                     answer.set_exception(WorkerDied("the worker went away"))
+            slot.warm = None  # a new process holds no model
             unit = slot.unit
             if unit is not None:
-                error: AssetboxError = (
+                self._fail_unit(
+                    slot,
                     Cancelled("the unit did not stop; its worker was killed")
                     if unit.aborted
                     else WorkerDied(
                         f"worker {slot.spec.index} exited (code {process.exitcode}) during a unit"
-                    )
+                    ),
                 )
-                self._finish(slot, error=error)
-            slot.warm = None  # a new process holds no model
+        return slot.answered
 
     def _serve(self, slot: _Slot, process: Any, conn: Any) -> None:
         while True:
@@ -418,13 +467,19 @@ class ProcessExecutor:
             except OSError:
                 return  # the process is gone
             unit = slot.unit
-            if unit is not None and not unit.cancel_sent and unit.should_stop():
-                unit.cancel_sent = True
-                slot.outbox.put(("cancel", unit.serial))
-                continue
             try:
+                if unit is not None and not unit.sent:
+                    # Sent from here, and only while it is still this slot's unit: a unit
+                    # aborted before its process was up never reaches one.
+                    unit.sent = True
+                    conn.send(("run", unit.serial, unit.task))
+                if unit is not None and not unit.cancel_sent and unit.should_stop():
+                    unit.cancel_sent = True
+                    conn.send(("cancel", unit.serial))
                 if conn.poll(POLL_S):
-                    self._receive(slot, conn.recv())
+                    message = conn.recv()
+                    slot.answered = True
+                    self._receive(slot, message)
                 elif not process.is_alive():
                     return
             except (EOFError, OSError):
@@ -435,7 +490,10 @@ class ProcessExecutor:
         match message:
             case ("step", int(serial), int(step), int(steps)):
                 if unit is not None and unit.serial == serial:
-                    unit.report_step(step, steps)
+                    try:
+                        unit.report_step(step, steps)
+                    except Exception:  # progress is not worth losing the unit over
+                        log.exception("step report failed", extra={"worker": slot.spec.index})
             case ("done", int(serial), bytes() as result):
                 if unit is not None and unit.serial == serial:
                     self._finish(slot, result=result)
@@ -446,6 +504,10 @@ class ProcessExecutor:
                 answer = slot.stats.get(token)
                 if answer is not None and not answer.done():
                     answer.set_result(stats)
+
+    def _fail_unit(self, slot: _Slot, error: BaseException) -> None:
+        if slot.unit is not None:
+            self._finish(slot, error=error)
 
     def _finish(
         self, slot: _Slot, *, result: bytes | None = None, error: BaseException | None = None

@@ -140,19 +140,25 @@ class RayExecutor:
         result: Future[bytes] = Future()
         with self._lock:
             self._running[slot] = result
-        ref_future = actor.run.remote(task).future()
+        try:
+            ref_future = actor.run.remote(task).future()
+        except BaseException:
+            with self._lock:
+                self._busy[slot], self._running[slot] = False, None
+            raise
 
         def done(ref_done: Future) -> None:
             error: BaseException | None = None
             value = b""
+            with self._lock:  # an abort that came after the unit ended leaves no mark
+                aborted = slot in self._aborted
+                self._aborted.discard(slot)
             try:
                 value = ref_done.result()
             except self._ray.exceptions.RayActorError as exc:
                 with self._lock:  # replace the dead actor before the unit is retried
                     self._actors[slot] = self._actor_class.remote(*self._actor_args)
                     self._warm[slot] = None
-                    aborted = slot in self._aborted
-                    self._aborted.discard(slot)
                 error = (
                     Cancelled("the unit did not stop; its Ray worker was killed")
                     if aborted
@@ -230,6 +236,9 @@ class RayExecutor:
 
     def start(self) -> None:
         """The actors start in the constructor."""
+
+    def begin_close(self) -> None:
+        """Nothing to do: dead actors are replaced only when a unit of theirs ends."""
 
     def abort(self, future: Future[bytes]) -> None:
         """Kill the actor running `future`'s unit; it is replaced, and the unit fails with

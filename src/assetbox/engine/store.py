@@ -282,33 +282,44 @@ class JobStore:
             if row is None:
                 raise NotFound(f"no job {job_id!r}")
             if not JobStatus(row["status"]).is_terminal():
-                db.execute(
-                    "UPDATE jobs SET status = ?, finished_at = ?, outputs = ?, error = ?, "
-                    "reused_from = ? WHERE id = ?",
-                    (
-                        status.value,
-                        _now(),
-                        json.dumps([o.model_dump() for o in outputs or []]),
-                        error.model_dump_json() if error else None,
-                        reused_from,
-                        job_id,
-                    ),
-                )
-                if status != JobStatus.SUCCEEDED:
-                    db.execute(
-                        "UPDATE units SET status = ? WHERE job_id = ? AND status IN (?, ?)",
-                        (
-                            UnitStatus.CANCELLED.value,
-                            job_id,
-                            UnitStatus.PENDING.value,
-                            UnitStatus.RUNNING.value,
-                        ),
-                    )
-                data: dict[str, Any] = {"status": status.value}
-                if error:
-                    data["error"] = error.model_dump()
-                self._event(db, job_id, "status", data)
+                self._finish(db, job_id, status, outputs, error, reused_from)
             return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def _finish(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        status: JobStatus,
+        outputs: list[JobOutput] | None = None,
+        error: JobError | None = None,
+        reused_from: str | None = None,
+    ) -> None:
+        db.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, outputs = ?, error = ?, "
+            "reused_from = ? WHERE id = ?",
+            (
+                status.value,
+                _now(),
+                json.dumps([o.model_dump() for o in outputs or []]),
+                error.model_dump_json() if error else None,
+                reused_from,
+                job_id,
+            ),
+        )
+        if status != JobStatus.SUCCEEDED:
+            db.execute(
+                "UPDATE units SET status = ? WHERE job_id = ? AND status IN (?, ?)",
+                (
+                    UnitStatus.CANCELLED.value,
+                    job_id,
+                    UnitStatus.PENDING.value,
+                    UnitStatus.RUNNING.value,
+                ),
+            )
+        data: dict[str, Any] = {"status": status.value}
+        if error:
+            data["error"] = error.model_dump()
+        self._event(db, job_id, "status", data)
 
     def find_reusable(self, kind: str, request_hash: str) -> Job | None:
         """The newest succeeded job of an identical request."""
@@ -333,15 +344,16 @@ class JobStore:
             if row is None:
                 raise NotFound(f"no job {job_id!r}")
             status = JobStatus(row["status"])
-            if status == JobStatus.RUNNING:
+            # In this one transaction: a scheduler taking the job meanwhile sees it ended.
+            if status == JobStatus.QUEUED:
+                self._finish(db, job_id, JobStatus.CANCELLED)
+            elif status == JobStatus.RUNNING:
                 db.execute(
                     "UPDATE jobs SET status = ? WHERE id = ?",
                     (JobStatus.CANCELLING.value, job_id),
                 )
                 self._event(db, job_id, "status", {"status": JobStatus.CANCELLING.value})
-        if status == JobStatus.QUEUED:
-            return self.finish(job_id, JobStatus.CANCELLED)
-        return self.get(job_id)
+            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def requeue(self, job_id: str, reason: str) -> bool:
         """Put a running job back in the queue (its running units back to pending), e.g. at

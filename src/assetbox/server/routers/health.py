@@ -43,6 +43,6 @@ def health(engine: EngineDep) -> dict:
         "executor": engine.settings.executor,
         "workers": engine.executor.workers,
         "queue_depth": engine.store.count(JobStatus.QUEUED),
-        "running": engine.store.count(JobStatus.RUNNING),
+        "running": engine.store.count(JobStatus.RUNNING) + engine.store.count(JobStatus.CANCELLING),
         "free_disk_bytes": usage.free,
     }
