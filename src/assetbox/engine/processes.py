@@ -23,6 +23,7 @@ with one, each worker is spawned afresh, since CUDA must not be touched before a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +260,14 @@ class _Slot:
     answered: bool = False  # its current process has sent something
     stats: dict[str, Future[CacheStats]] = field(default_factory=dict)
     thread: threading.Thread | None = None
+    # A pipe that wakes the worker's thread when there is something to send (a unit, a stats
+    # request), so it need not wait out its poll: 50 ms a unit otherwise.
+    wake: tuple[int, int] = field(default_factory=lambda: os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+
+    def nudge(self) -> None:
+        # Full: it is awake anyway; closed: shutting down.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake[1], b"!")
 
 
 class ProcessExecutor:
@@ -307,6 +317,7 @@ class ProcessExecutor:
         self._closed.set()
         for slot in self._slots:
             slot.outbox.put(("exit",))
+            slot.nudge()
         deadline = time.monotonic() + timeout  # one deadline for all, not one each
         for slot in self._slots:
             if slot.thread is not None:
@@ -316,6 +327,11 @@ class ProcessExecutor:
             process.kill()
         for process in alive:
             process.join(timeout=2)
+        for slot in self._slots:
+            if slot.thread is None or not slot.thread.is_alive():
+                for fd in slot.wake:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
     # -- units ------------------------------------------------------------------------------
 
@@ -337,6 +353,7 @@ class ProcessExecutor:
             slot = next((s for s in free if key is not None and s.warm == key), free[0])
             unit = _Unit(next(self._serials), task, future, should_stop, report_step)
             slot.unit, slot.warm = unit, key
+        slot.nudge()
         return future
 
     def abort(self, future: Future[bytes]) -> None:
@@ -368,6 +385,7 @@ class ProcessExecutor:
             answer: Future[CacheStats] = Future()
             slot.stats[token] = answer
             slot.outbox.put(("stats", token))
+            slot.nudge()
             asks.append((slot, token, answer))
         total = CacheStats()
         for slot, token, answer in asks:
@@ -385,6 +403,7 @@ class ProcessExecutor:
     def forget(self, model_id: str) -> None:
         for slot in self._slots:
             slot.outbox.put(("forget", model_id))
+            slot.nudge()
 
     # -- one worker's thread ----------------------------------------------------------------
 
@@ -476,11 +495,15 @@ class ProcessExecutor:
                 if unit is not None and not unit.cancel_sent and unit.should_stop():
                     unit.cancel_sent = True
                     conn.send(("cancel", unit.serial))
-                if conn.poll(POLL_S):
+                ready = wait_for([conn, slot.wake[0]], timeout=POLL_S)
+                if slot.wake[0] in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(slot.wake[0], 4096)
+                if conn in ready:
                     message = conn.recv()
                     slot.answered = True
                     self._receive(slot, message)
-                elif not process.is_alive():
+                elif not ready and not process.is_alive():
                     return
             except (EOFError, OSError):
                 return
