@@ -126,14 +126,7 @@ def decode_image(
         UnsupportedFormat: not a PNG, JPEG or WebP file.
         ImageTooLarge: more bytes than ``max_image_bytes`` or more pixels than `max_pixels`.
     """
-    settings = get_settings()
-    if not data:
-        raise InvalidInput(f"`{field}` is empty: expected an encoded image", field=field)
-    if len(data) > settings.max_image_bytes:
-        raise ImageTooLarge(
-            f"`{field}` is {len(data)} bytes; the limit is {settings.max_image_bytes} bytes",
-            field=field,
-        )
+    _check_bytes(data, field)
     with _open(data, field) as im:
         fmt = _PIL_FORMATS[im.format or ""]
         _check_pixels(im.width, im.height, field, max_pixels)
@@ -146,6 +139,18 @@ def decode_image(
     rgb = np.ascontiguousarray(channels[..., :3])
     alpha = np.ascontiguousarray(channels[..., 3]) if channels.shape[2] == 4 else None
     return DecodedImage(rgb=rgb, alpha=alpha, format=fmt, grayscale=grayscale)
+
+
+def _check_bytes(data: bytes, field: str) -> None:
+    """Refuse empty data and more bytes than ``max_image_bytes`` (before anything is parsed)."""
+    settings = get_settings()
+    if not data:
+        raise InvalidInput(f"`{field}` is empty: expected an encoded image", field=field)
+    if len(data) > settings.max_image_bytes:
+        raise ImageTooLarge(
+            f"`{field}` is {len(data)} bytes; the limit is {settings.max_image_bytes} bytes",
+            field=field,
+        )
 
 
 def verify_image(
@@ -166,14 +171,7 @@ def verify_image(
         UnsupportedFormat: not a PNG, JPEG or WebP file.
         ImageTooLarge: more bytes than ``max_image_bytes`` or more pixels than `max_pixels`.
     """
-    settings = get_settings()
-    if not data:
-        raise InvalidInput(f"`{field}` is empty: expected an encoded image", field=field)
-    if len(data) > settings.max_image_bytes:
-        raise ImageTooLarge(
-            f"`{field}` is {len(data)} bytes; the limit is {settings.max_image_bytes} bytes",
-            field=field,
-        )
+    _check_bytes(data, field)
     with _open(data, field) as im:
         fmt = _PIL_FORMATS[im.format or ""]
         width, height = im.size
