@@ -105,3 +105,31 @@ def test_openapi_has_a_bearer_scheme_for_the_authorize_button(
     assert ({} in security) is (not keys_on)  # without keys, the key is optional
     assert schema["paths"]["/health"]["get"]["security"] == []  # always open
     assert "security" not in schema["paths"]["/v1/jobs"]["get"]  # the global requirement
+
+
+def test_every_schema_reference_in_the_openapi_resolves(tmp_path: Path) -> None:
+    """ReDoc refuses the whole page over one reference it cannot follow (a `#/$defs/...` in a
+    request body placed by hand), and Swagger shows such a field as a plain string."""
+    settings = Settings(data_dir=tmp_path / "data")
+    spec = create_app(settings, engine=Engine(settings, start=False)).openapi()
+    schemas = spec["components"]["schemas"]
+    refs: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+    body = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]
+    lora = body["schema"]["properties"]["loras"]["items"]
+    assert lora["properties"]["weight"]["type"] == "number"  # an object, not "string"

@@ -58,6 +58,7 @@ from assetbox.engine.jobs import (
     JobStatus,
     UnitStatus,
 )
+from assetbox.engine.owner import DataDirOwner
 from assetbox.engine.planners import AssembledOutput, Planner, planner_for, request_hash
 from assetbox.engine.store import JobStore
 from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory, QueueFull
@@ -127,6 +128,7 @@ class _Run:
     aborted: bool = False
     ended: bool = False
     last_step_event: float = 0.0
+    last_served: float = float("-inf")  # when it was last given a worker (never: -inf)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ask_stop(self, outcome: Outcome, error: JobError | None = None) -> None:
@@ -152,6 +154,8 @@ class Engine:
         self.settings = settings or get_settings()
         self.data_dir = Path(self.settings.data_dir)
         self.files = self.data_dir / "jobs"
+        # Only an engine that runs jobs owns the directory (and may requeue what it finds).
+        self._owner = DataDirOwner(self.data_dir) if start else None
         self.store = JobStore(self.data_dir / "jobs.sqlite3")
         self.executor = executor or make_executor(self.settings)
         self._runs: dict[str, _Run] = {}  # owned by the scheduler thread
@@ -165,7 +169,7 @@ class Engine:
         self._followed: set[str] = set()  # jobs whose every event goes to their webhook
         # Called with (kind, seconds, succeeded) after every unit, e.g. by the metrics.
         self.unit_observers: list[Callable[[str, float, bool], None]] = []
-        self.recovered = self.store.requeue_interrupted()
+        self.recovered = self.store.requeue_interrupted() if start else []
         self._thread = threading.Thread(target=self._loop, name="assetbox-scheduler", daemon=True)
         self._closing_at: float | None = None
         if start:
@@ -325,6 +329,8 @@ class Engine:
         for thread in self._webhooks:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.store.close()
+        if self._owner is not None:
+            self._owner.release()
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -479,23 +485,28 @@ class Engine:
             if not run.running:
                 self._runs.pop(run.job.id, None)
 
-    # Fair share: every free worker goes to the running job with the fewest units in flight
-    # (the oldest first among equals); a queued job has none in flight, so it is taken as soon as
-    # a worker frees up and every running job has at least one unit out. One job is planned at a
-    # time, so a burst of submits does not plan everything at once.
+    # Fair share: every free worker goes to the job with the fewest units in flight, among
+    # equals to the one served least recently (round robin), then the oldest. A queued job has
+    # none in flight and was never served, so it is taken as soon as a worker frees up, even
+    # with one worker behind a long job; while it plans, that worker waits for it (planning
+    # takes a moment, a unit of the long job may take a minute). One job plans at a time.
     def _dispatch(self) -> None:
         free = self.executor.workers - sum(len(r.running) for r in self._runs.values())
         while free > 0:
-            ready = [
+            candidates = [
                 r
                 for r in self._runs.values()
-                if r.phase == "running" and r.todo and not r.stop.is_set()
+                if not r.stop.is_set()
+                and ((r.phase == "running" and r.todo) or r.phase == "planning")
             ]
             best = min(
-                ready, key=lambda r: (len(r.running), r.job.created_at, r.job.id), default=None
+                candidates,
+                key=lambda r: (len(r.running), r.last_served, r.job.created_at, r.job.id),
+                default=None,
             )
             planning = any(r.phase == "planning" for r in self._runs.values())
-            if (best is None or best.running) and not planning:
+            never_served = best is not None and not best.running and best.last_served < 0
+            if not planning and not never_served:
                 # A read first: the write transaction only when there is a job to take.
                 oldest = self.store.oldest_queued()
                 job = self.store.next_queued(oldest.id) if oldest is not None else None
@@ -505,11 +516,11 @@ class Engine:
                     except Exception as exc:  # e.g. a kind this version no longer has
                         self._runs.pop(job.id, None)
                         self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
-                    free -= 1  # kept for it in this pass; it takes one once planned
-                    continue
-            if best is None:
-                return
+                    continue  # it is a candidate now (planning)
+            if best is None or best.phase == "planning":
+                return  # the worker waits for the job that plans
             self._launch(best, best.todo.pop(0))
+            best.last_served = time.monotonic()
             free -= 1
 
     def _activate(self, job: Job) -> None:

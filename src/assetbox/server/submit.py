@@ -33,6 +33,28 @@ _LOCATION = {
 _FILE_PLACEHOLDER = "-"
 
 
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its ``$defs`` written in place: a schema placed by hand in
+    the OpenAPI (``openapi_extra``) cannot refer to ``#/$defs/...`` (ReDoc fails on it, Swagger
+    shows "string" for such fields), and FastAPI only moves the defs of models it sees itself
+    into ``components``. Our request models nest no model in itself, so this ends."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return resolve(defs[ref.removeprefix("#/$defs/")]) | rest
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
 def job_route(schema: type[BaseModel], **extra_content: Any) -> dict[str, Any]:
     """The route options of a job-creating POST: 202 with the job, 200 when it finished within
     ``Prefer: wait=N`` (both with `Location`), and the request body's schema in the OpenAPI (the
@@ -52,7 +74,7 @@ def job_route(schema: type[BaseModel], **extra_content: Any) -> dict[str, Any]:
         "openapi_extra": {
             "requestBody": {
                 "content": {
-                    "application/json": {"schema": schema.model_json_schema()},
+                    "application/json": {"schema": inline_schema(schema)},
                     **extra_content,
                 },
                 "required": True,
