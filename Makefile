@@ -62,7 +62,7 @@ $(DEV_STAMP): $(SERVE_STAMP)
 # The service on embedded defaults (127.0.0.1:7000; OpenAPI at /docs), with its runtime
 # dependencies only. HOST and PORT change where it listens.
 serve: $(SERVE_STAMP)
-	$(BIN)/assetbox serve --host $(HOST) --port $(PORT)
+	@$(BIN)/assetbox serve --host $(HOST) --port $(PORT)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench

@@ -44,3 +44,14 @@ def test_edit_help_says_the_size_defaults_to_the_input() -> None:
     text = " ".join(result.output.split())
     assert "Default: the input's width rounded to that multiple" in text
     assert "(default: by family)" in text  # rich markup would swallow "[default: ...]"
+
+
+def test_the_upscale_bar_moves_within_a_unit() -> None:
+    from assetbox.cli import _bar_position
+
+    units = ("done", "total")
+    assert _bar_position({"done": 2, "total": 7, "step": 1, "steps": 4}, units) == (2.25, 7)
+    assert _bar_position({"done": 3, "total": 7, "step": 4, "steps": 4}, units) == (3, 7)
+    assert _bar_position({"done": 0, "total": 0}, units) is None
+    steps = ("step", "steps")
+    assert _bar_position({"done": 0, "total": 1, "step": 5, "steps": 8}, steps) == (5, 8)

@@ -298,9 +298,9 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
             task = bar.add_task(kind, total=None)
             while not job.status.is_terminal():
                 job = engine.wait(job.id, timeout=0.25)
-                done, total = (getattr(job.progress, name) for name in fields)
-                if total:
-                    bar.update(task, completed=done, total=total)
+                shown = _bar_position(job.progress.model_dump(), fields)
+                if shown:
+                    bar.update(task, completed=shown[0], total=shown[1])
         if job.status != JobStatus.SUCCEEDED:
             assert job.error is not None
             raise _job_error(job.id, job.status.value, job.error.code, job.error.message)
@@ -312,6 +312,18 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
         engine.close()
 
 
+def _bar_position(progress: dict, fields: tuple[str, str]) -> tuple[float, int] | None:
+    """Where a progress bar stands: units done plus the share of the unit that reported a step
+    last (an upscale's unit is several windows, a minute each with a slow model), or the step."""
+    done, total = (progress.get(name) or 0 for name in fields)
+    if not total:
+        return None
+    step, steps = progress.get("step") or 0, progress.get("steps") or 0
+    if fields == ("done", "total") and steps and 0 < step < steps:
+        return min(total, done + step / steps), total
+    return done, total
+
+
 def _run_remote(server, kind, request, images, key, fields) -> tuple[str, list[_Output]]:
     import base64
 
@@ -321,7 +333,6 @@ def _run_remote(server, kind, request, images, key, fields) -> tuple[str, list[_
     from assetbox.engine.blobs import with_images
 
     body = with_images(request, {f: base64.b64encode(d).decode() for f, d in images.items()})
-    done, total = fields
     try:
         with _client(server) as api:
             job = api.submit(kind, idempotency_key=key, **body)
@@ -330,9 +341,9 @@ def _run_remote(server, kind, request, images, key, fields) -> tuple[str, list[_
             with _progress(kind, err.is_terminal) as bar:
                 task = bar.add_task(kind, total=None)
                 for event in api.events(job["id"]):
-                    data = event.get("data", {})
-                    if event.get("type") == "progress" and data.get(total):
-                        bar.update(task, completed=data[done], total=data[total])
+                    shown = _bar_position(event.get("data", {}), fields)
+                    if event.get("type") == "progress" and shown:
+                        bar.update(task, completed=shown[0], total=shown[1])
             job = api.job(job["id"])
             if job["status"] != "succeeded":
                 error = job.get("error") or {"code": job["status"], "message": job["status"]}

@@ -51,6 +51,7 @@ def configure_json_logs(level: int = logging.INFO) -> None:
             )
         )
         handler._assetbox_json = True  # type: ignore[attr-defined]
+        handler.addFilter(_no_torchvision_advice)
         # Ours do not propagate: their records and level then do not depend on how the root
         # logger is set up (a test runner adds its own handlers there).
         logger = logging.getLogger(LOGGER)
@@ -62,6 +63,15 @@ def configure_json_logs(level: int = logging.INFO) -> None:
         logging.captureWarnings(True)
         _handler = handler
     _adopt_library_loggers()
+
+
+def _no_torchvision_advice(record: logging.LogRecord) -> bool:
+    """Drop transformers' "requires torchvision ... Install torchvision" notes: on CPU machines
+    torchvision is left out on purpose (PyPI's builds replace the CPU torch; see
+    docs/DESIGN-NOTES.md) and its image processors' fallbacks are the ones meant."""
+    return not (
+        record.name.startswith("transformers") and "requires torchvision" in record.getMessage()
+    )
 
 
 def json_logs_configured() -> bool:
