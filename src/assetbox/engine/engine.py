@@ -455,21 +455,21 @@ class Engine:
     def _handle(self, item: tuple[Any, ...]) -> None:
         match item:
             case ("unit", _Run() as run, Future() as future):
-                guard = self._unit_done
+                step = self._unit_done
                 args: tuple[Any, ...] = (run, future)
             case ("planned", _Run() as run, result):
-                guard, args = self._planned, (run, result)
+                step, args = self._planned, (run, result)
             case ("assembled", _Run() as run, result):
-                guard, args = self._assembled, (run, result)
+                step, args = self._assembled, (run, result)
             case ("cancel", str(job_id)):
                 run = self._runs.get(job_id)
                 if run is None:
                     return
-                guard, args = self._cancelled, (run,)
+                step, args = self._cancelled, (run,)
             case _:
                 return
         try:
-            guard(*args)
+            step(*args)
         except Exception as exc:  # the scheduler must outlive any one job
             log.exception("scheduler step failed", extra={"job_id": run.job.id})
             self._fail_run(run, exc)
@@ -620,20 +620,24 @@ class Engine:
                 run.progress.done += 1
                 snapshot = run.progress.model_copy()
             self.store.set_progress(job.id, snapshot)
-        elif isinstance(exc, Cancelled) and run.outcome is not None:
-            pass  # asked to stop: the job ends (or is requeued) once nothing runs
-        else:
-            error = _error(exc)
-            attempts = self.store.units(job.id)[index].attempts
-            transient = isinstance(exc, (*TRANSIENT, WorkerDied))
-            retry = transient and attempts < self.settings.unit_max_attempts
-            retry = retry and not run.stop.is_set()
-            self.store.fail_unit(job.id, index, error, retry=retry)
-            if retry:
-                run.todo.insert(0, index)
-            else:
-                run.ask_stop("fail", error)  # no further units; the running ones stop
+        # A unit that stopped because its job asked it to is no failure: the job ends (or is
+        # requeued) once nothing of it runs.
+        elif not (isinstance(exc, Cancelled) and run.outcome is not None):
+            self._unit_failed(run, index, exc)
         self._settle(run)
+
+    def _unit_failed(self, run: _Run, index: int, exc: BaseException) -> None:
+        """Retry a transient failure (until the attempt limit); anything else fails the job."""
+        error = _error(exc)
+        attempts = self.store.units(run.job.id)[index].attempts
+        transient = isinstance(exc, (*TRANSIENT, WorkerDied))
+        retry = transient and attempts < self.settings.unit_max_attempts
+        retry = retry and not run.stop.is_set()
+        self.store.fail_unit(run.job.id, index, error, retry=retry)
+        if retry:
+            run.todo.insert(0, index)
+        else:
+            run.ask_stop("fail", error)  # no further units; the running ones stop
 
     def _cancelled(self, run: _Run) -> None:
         run.ask_stop("cancel")
@@ -648,8 +652,7 @@ class Engine:
         elif run.outcome == "fail":
             self._end(run, JobStatus.FAILED, error=run.error)
         elif run.outcome == "shutdown":
-            if run.phase != "planning" or run.ended:
-                self._requeue(run)
+            self._requeue(run)  # a plan or an assembly still under way is dropped with it
         elif run.phase == "running" and not run.todo:
             run.phase = "assembling"
             threading.Thread(
@@ -735,21 +738,12 @@ class Engine:
             for run in list(self._runs.values()):
                 run.ask_stop("shutdown")
                 self._settle(run)
-        for run in list(self._runs.values()):
-            if run.phase in ("planning", "assembling") and not run.running:
-                self._settle_shutdown(run)
         self._abandon_overdue(self.settings.shutdown_grace_s)
         if time.monotonic() - self._closing_at > self.settings.shutdown_grace_s + 2:
             for run in list(self._runs.values()):  # an executor that never answered
                 run.running.clear()
-                self._settle_shutdown(run)
+                self._settle(run)
         return not self._runs
-
-    def _settle_shutdown(self, run: _Run) -> None:
-        if run.outcome == "shutdown":
-            self._requeue(run)
-        else:
-            self._settle(run)
 
     def _requeue(self, run: _Run) -> None:
         with run.lock:

@@ -414,11 +414,11 @@ class ProcessExecutor:
         while not self._closed.is_set():
             born = time.monotonic()
             try:
-                answered = self._live_once(slot)
+                answered = self._live_once(slot)  # fails the unit of a process that went away
             except Exception:  # never leave a slot without its thread
                 log.exception("worker thread failed", extra={"worker": slot.spec.index})
+                self._fail_unit(slot, WorkerDied(f"worker {slot.spec.index} went away"))
                 answered = False
-            self._fail_unit(slot, WorkerDied(f"worker {slot.spec.index} went away"))
             if answered or time.monotonic() - born > YOUNG_S:
                 young_deaths = 0
                 continue
