@@ -215,7 +215,7 @@ def test_models_import_and_rm(tmp_path: Path) -> None:
 
 
 def test_models_import_refuses_unknown_files_and_changes_nothing(tmp_path: Path) -> None:
-    from assetbox.engine.upscale import model_store
+    from assetbox.models.store import model_store
 
     bad = tmp_path / "weights.bin"
     bad.write_bytes(b"\0" * 100)

@@ -279,8 +279,8 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
     # and Ctrl-C ends this process and its unit together anyway).
     settings = get_settings().model_copy(update={"executor": "thread", "workers": 1})
     if kind == "upscale":
-        from assetbox.engine.upscale import model_store
         from assetbox.models.builtin import ensure_upscaler
+        from assetbox.models.store import model_store
 
         # A built-in model's first use converts it (once), with a message, before the job.
         ensure_upscaler(
@@ -600,8 +600,8 @@ def models_list() -> None:
     """Show the models in the store (built-in upscalers are converted on first listing)."""
     from rich.table import Table
 
-    from assetbox.engine.upscale import model_store
     from assetbox.models.builtin import ensure_builtin_upscalers
+    from assetbox.models.store import model_store
 
     store = model_store()
     try:
@@ -628,7 +628,7 @@ def models_list() -> None:
 @models_app.command("rm")
 def models_rm(model_id: Annotated[str, typer.Argument(help="Id of the model to delete.")]) -> None:
     """Delete a model from the store."""
-    from assetbox.engine.upscale import model_store
+    from assetbox.models.store import model_store
 
     try:
         manifest = model_store().remove(model_id)
@@ -652,8 +652,8 @@ def models_import(
 ) -> None:
     """Import a model into the store (kind and family detected from its files; pickles such as
     .ckpt are refused)."""
-    from assetbox.engine.upscale import model_store
     from assetbox.models.importer import import_model
+    from assetbox.models.store import model_store
 
     try:
         manifest = import_model(

@@ -17,7 +17,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from assetbox.config import Settings, get_settings
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput, NotFound
@@ -79,11 +78,6 @@ class UpscaleRequest(UpscaleOptions):
     """What to upscale and how."""
 
     image: str = Field(description="the input, stored as a blob: 'sha256:<hex>'")
-
-
-def model_store(settings: Settings | None = None) -> ModelStore:
-    """The store under the configured data directory."""
-    return ModelStore((settings or get_settings()).data_dir / "models")
 
 
 def format_for_path(path: Path) -> ImageFormat:

@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from assetbox.config import Settings, get_settings
 from assetbox.errors import Conflict, InvalidInput, NotFound
 
 ModelKind = Literal["upscaler", "checkpoint", "lora", "controlnet"]
@@ -218,3 +219,8 @@ class ModelStore:
 
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def model_store(settings: Settings | None = None) -> ModelStore:
+    """The store under the configured data directory."""
+    return ModelStore((settings or get_settings()).data_dir / "models")

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from assetbox.engine.upscale import model_store
 from assetbox.errors import InvalidInput
-from assetbox.models.store import Family, ModelKind, ModelManifest
+from assetbox.models.store import Family, ModelKind, ModelManifest, model_store
 from assetbox.models.uploads import UploadCreate, Uploads, UploadState
 from assetbox.server.deps import EngineDep, SettingsDep
 
