@@ -24,6 +24,7 @@ from pathlib import Path
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
 from assetbox.engine.jobs import JobStatus
+from assetbox.kinds import PLANNERS
 from assetbox.models.importer import import_model
 from assetbox.models.store import ModelStore
 from assetbox.testing.tiny_models import write
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             for entry in ("tiny-sdxl", "lora-a.safetensors", "lora-b.safetensors"):
                 import_model(store, root / "tiny" / entry)
             import_model(store, root / "tiny" / "tiny-sdxl", model_id="tiny-sdxl-copy")
-            engines[name] = Engine(Settings(data_dir=data_dir, model_cache_bytes=budget))
+            engines[name] = Engine(
+                planners=PLANNERS, settings=Settings(data_dir=data_dir, model_cache_bytes=budget)
+            )
         base = {"model": "tiny-sdxl", "prompts": ["a"], "width": 64, "height": 64, "steps": 1}
         base["seed"] = 1
         cases = {

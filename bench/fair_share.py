@@ -22,11 +22,15 @@ from pathlib import Path
 
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
+from assetbox.kinds import PLANNERS
 
 
 def measure(workers: int, units: int, unit_seconds: float, small: int, executor: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(Settings(data_dir=Path(tmp), executor=executor, workers=workers))
+        engine = Engine(
+            planners=PLANNERS,
+            settings=Settings(data_dir=Path(tmp), executor=executor, workers=workers),
+        )
         try:
             one = {"units": 1, "unit_seconds": unit_seconds}
             engine.wait(engine.submit("simulate", {"units": workers}).id, timeout=120)  # warm

@@ -25,6 +25,7 @@ from pathlib import Path
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
 from assetbox.engine.jobs import JobStatus
+from assetbox.kinds import PLANNERS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(executor: str, workers: int, units: int, unit_seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), executor=executor, workers=workers)
-        engine = Engine(settings)  # starts the workers (Ray actors answer a ping first)
+        engine = Engine(
+            planners=PLANNERS, settings=settings
+        )  # starts the workers (Ray actors answer a ping first)
         try:
             warm = engine.submit("simulate", {"units": workers})
             engine.wait(warm.id, timeout=120)

@@ -162,7 +162,7 @@ def upscale(
     """Upscale an image with a Real-ESRGAN-class model (built-in models need no download)."""
     from pydantic import ValidationError
 
-    from assetbox.engine.upscale import UpscaleOptions, format_for_path
+    from assetbox.kinds.upscale import UpscaleOptions, format_for_path
 
     try:
         fmt = format_for_path(output)
@@ -274,6 +274,7 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
     from assetbox.engine.blobs import with_images
     from assetbox.engine.engine import Engine
     from assetbox.engine.jobs import JobStatus
+    from assetbox.kinds import PLANNERS
 
     # Threads: one unit at a time in this process (worker processes would cost a start-up,
     # and Ctrl-C ends this process and its unit together anyway).
@@ -288,7 +289,7 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
             request["model"],
             progress=lambda text: err.print(text, highlight=False),
         )
-    engine = Engine(settings)
+    engine = Engine(planners=PLANNERS, settings=settings)
     try:
         full = with_images(request, {f: engine.put_blob(data) for f, data in images.items()})
         job = engine.submit(kind, full, idempotency_key=key)
@@ -408,8 +409,9 @@ def _run_diffusion(
     OUT itself for one image, OUT-0, OUT-1, ... for several."""
     from pydantic import ValidationError
 
-    from assetbox.engine.diffusion import EditOptions, GenerateOptions
-    from assetbox.engine.upscale import format_for_path
+    from assetbox.kinds.diffusion import GenerateOptions
+    from assetbox.kinds.edit import EditOptions
+    from assetbox.kinds.upscale import format_for_path
 
     request = {k: v for k, v in fields.items() if v is not None}
     request |= {"loras": _parse_loras(loras), "format": format_for_path(output)}

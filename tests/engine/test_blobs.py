@@ -9,6 +9,7 @@ from pathlib import Path
 from assetbox.config import Settings
 from assetbox.engine.blobs import blob_path, collect_blobs, put_blob
 from assetbox.engine.engine import BLOB_GRACE_S, Engine
+from assetbox.kinds import PLANNERS
 
 
 def age(path: Path, seconds: float) -> None:
@@ -23,10 +24,10 @@ def test_old_unreferenced_blobs_go_and_the_rest_stays(tmp_path: Path) -> None:
     young = put_blob(data_dir, b"a submit in progress")
     for ref in (used, orphan):
         age(blob_path(data_dir, ref), BLOB_GRACE_S + 60)
-    engine = Engine(Settings(data_dir=data_dir), start=False)
+    engine = Engine(planners=PLANNERS, settings=Settings(data_dir=data_dir), start=False)
     engine.store.create_job("simulate", {"units": 1, "note": used}, "h1", None, None)
     engine.store.close()
-    Engine(Settings(data_dir=data_dir)).close()  # collects at start
+    Engine(planners=PLANNERS, settings=Settings(data_dir=data_dir)).close()  # collects at start
     assert blob_path(data_dir, used).is_file() and blob_path(data_dir, young).is_file()
     assert not (data_dir / "blobs" / orphan.split(":")[1]).exists()
 

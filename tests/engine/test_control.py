@@ -17,10 +17,11 @@ from assetbox.config import Settings
 from assetbox.engine.engine import Engine
 from assetbox.engine.jobs import JobStatus, UnitStatus
 from assetbox.engine.store import JobStore
+from assetbox.kinds import PLANNERS
 
 
 def make_engine(tmp_path: Path, **overrides) -> Engine:
-    return Engine(Settings(data_dir=tmp_path / "data", **overrides))
+    return Engine(planners=PLANNERS, settings=Settings(data_dir=tmp_path / "data", **overrides))
 
 
 def wait_until(condition, timeout: float = 60, what: str = "condition") -> None:
@@ -181,9 +182,11 @@ import sys
 from pathlib import Path
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
+from assetbox.kinds import PLANNERS
 
 if __name__ == "__main__":  # worker processes import the main module again
-    engine = Engine(Settings(data_dir=Path(sys.argv[1]), workers=1, cancel_grace_s=600))
+    settings = Settings(data_dir=Path(sys.argv[1]), workers=1, cancel_grace_s=600)
+    engine = Engine(planners=PLANNERS, settings=settings)
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         if command == "submit":
@@ -225,7 +228,7 @@ def test_a_cancel_survives_a_kill_before_the_unit_stops(tmp_path: Path) -> None:
     attempts = [u.attempts for u in store.units(job_id)]
     assert store.get(job_id).status == JobStatus.CANCELLING
 
-    engine = Engine(Settings(data_dir=data, workers=1))  # the restart
+    engine = Engine(planners=PLANNERS, settings=Settings(data_dir=data, workers=1))  # the restart
     try:
         assert engine.get(job_id).status == JobStatus.CANCELLED
         engine.wait(engine.submit("simulate", {"units": 2}).id, timeout=60)  # it schedules

@@ -15,10 +15,11 @@ from assetbox.engine.engine import Engine
 from assetbox.engine.jobs import JobStatus, UnitStatus
 from assetbox.engine.store import SCHEMA_VERSION, JobStore
 from assetbox.errors import Conflict, InvalidInput, NotFound, QueueFull
+from assetbox.kinds import PLANNERS
 
 
 def make_engine(tmp_path: Path, **overrides) -> Engine:
-    return Engine(Settings(data_dir=tmp_path / "data", **overrides))
+    return Engine(planners=PLANNERS, settings=Settings(data_dir=tmp_path / "data", **overrides))
 
 
 @pytest.fixture
@@ -181,10 +182,11 @@ import sys
 from pathlib import Path
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
+from assetbox.kinds import PLANNERS
 
 if __name__ == "__main__":  # worker processes import the main module again
     data_dir, mode = Path(sys.argv[1]), sys.argv[2]
-    engine = Engine(Settings(data_dir=data_dir, workers=2))
+    engine = Engine(planners=PLANNERS, settings=Settings(data_dir=data_dir, workers=2))
     if mode == "submit":
         job = engine.submit(
             "simulate", {"units": 20, "unit_seconds": 0.25}, idempotency_key="crash"

@@ -9,6 +9,7 @@ import pytest
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
 from assetbox.engine.jobs import JobStatus, UnitStatus
+from assetbox.kinds import PLANNERS
 
 ray = pytest.importorskip("ray")
 
@@ -22,7 +23,9 @@ def ray_instance():
 
 @pytest.fixture
 def ray_engine(ray_instance, tmp_path: Path):
-    engine = Engine(Settings(data_dir=tmp_path / "data", executor="ray", workers=2))
+    engine = Engine(
+        planners=PLANNERS, settings=Settings(data_dir=tmp_path / "data", executor="ray", workers=2)
+    )
     yield engine
     engine.close()
 
@@ -75,7 +78,9 @@ def test_ray_runs_an_upscale_job(ray_instance, builtin_store, tmp_path: Path) ->
 
     data_dir = tmp_path / "data"
     shutil.copytree(builtin_store.root, data_dir / "models")
-    engine = Engine(Settings(data_dir=data_dir, executor="ray", workers=2))
+    engine = Engine(
+        planners=PLANNERS, settings=Settings(data_dir=data_dir, executor="ray", workers=2)
+    )
     try:
         pixels = np.ascontiguousarray(photo("chelsea")[:60, :80])
         blob = engine.put_blob(encode_image(pixels))

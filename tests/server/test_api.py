@@ -116,8 +116,11 @@ def test_idempotency_key_resubmit_and_conflict(client: TestClient, small_png: by
 
 def test_queue_full_is_429_with_retry_after(settings: Settings, small_png: bytes) -> None:
     from assetbox.engine.engine import Engine
+    from assetbox.kinds import PLANNERS
 
-    engine = Engine(settings.model_copy(update={"max_queued_jobs": 1}), start=False)
+    engine = Engine(
+        planners=PLANNERS, settings=settings.model_copy(update={"max_queued_jobs": 1}), start=False
+    )
     with TestClient(create_app(settings, engine=engine)) as client:
         assert client.post("/v1/upscale", json=upscale_body(small_png)).status_code == 202
         full = client.post("/v1/upscale", json=upscale_body(small_png, scale=1))
@@ -158,8 +161,11 @@ def test_unknown_job_and_output_are_404(client: TestClient) -> None:
 
 def test_cancel_a_job(settings: Settings, small_png: bytes) -> None:
     from assetbox.engine.engine import Engine
+    from assetbox.kinds import PLANNERS
 
-    engine = Engine(settings, start=False)  # nothing runs: the job stays queued
+    engine = Engine(
+        planners=PLANNERS, settings=settings, start=False
+    )  # nothing runs: the job stays queued
     with TestClient(create_app(settings, engine=engine)) as client:
         job_id = client.post("/v1/upscale", json=upscale_body(small_png)).json()["id"]
         cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
@@ -569,6 +575,7 @@ def test_a_webhook_missed_in_a_crash_goes_out_at_the_next_start(tmp_path: Path) 
     from assetbox.engine.engine import Engine
     from assetbox.engine.jobs import Delivery, JobStatus
     from assetbox.engine.store import JobStore
+    from assetbox.kinds import PLANNERS
 
     receiver = Receiver()
     settings = Settings(data_dir=tmp_path / "data", allow_private_urls=True)
@@ -579,7 +586,7 @@ def test_a_webhook_missed_in_a_crash_goes_out_at_the_next_start(tmp_path: Path) 
         job, _ = store.create_job("simulate", {"units": 1}, "h", None, hook)
         store.finish(job.id, JobStatus.SUCCEEDED)
         store.close()
-        engine = Engine(settings)
+        engine = Engine(planners=PLANNERS, settings=settings)
         try:
             deadline = time.monotonic() + 30
             while engine.get(job.id).webhook is None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
+from assetbox.kinds import PLANNERS
 from assetbox.server import create_app
 
 # src="...", href="...", ReDoc's spec-url="...", and the URLs Swagger UI's script is given
@@ -36,7 +37,7 @@ def keys_on(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def client(tmp_path: Path, keys_on: bool):
     settings = Settings(data_dir=tmp_path / "data", api_keys="secret-key" if keys_on else "")
-    engine = Engine(settings, start=False)  # the docs need no worker
+    engine = Engine(planners=PLANNERS, settings=settings, start=False)  # the docs need no worker
     with TestClient(create_app(settings, engine=engine)) as client:
         yield client
     engine.close()
@@ -111,7 +112,9 @@ def test_every_schema_reference_in_the_openapi_resolves(tmp_path: Path) -> None:
     """ReDoc refuses the whole page over one reference it cannot follow (a `#/$defs/...` in a
     request body placed by hand), and Swagger shows such a field as a plain string."""
     settings = Settings(data_dir=tmp_path / "data")
-    spec = create_app(settings, engine=Engine(settings, start=False)).openapi()
+    spec = create_app(
+        settings, engine=Engine(planners=PLANNERS, settings=settings, start=False)
+    ).openapi()
     schemas = spec["components"]["schemas"]
     refs: list[str] = []
 

@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from assetbox.config import Settings
-from assetbox.engine.diffusion import edit_size
 from assetbox.engine.engine import Engine
 from assetbox.errors import InvalidInput
+from assetbox.kinds import PLANNERS
+from assetbox.kinds.edit import edit_size
 from assetbox.models.importer import import_model
 from assetbox.models.store import ModelStore
 from assetbox.server import create_app
@@ -52,7 +53,7 @@ def client(data_dir: Path):
 def queued(data_dir: Path):
     """An app whose engine runs nothing, and that engine (to read the recorded requests)."""
     settings = Settings(data_dir=data_dir)
-    engine = Engine(settings, start=False)
+    engine = Engine(planners=PLANNERS, settings=settings, start=False)
     with TestClient(create_app(settings, engine=engine)) as client:
         yield client, engine
     engine.close()

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, settings
 
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
+from assetbox.kinds import PLANNERS
 from assetbox.server import create_app
 
 schemathesis_settings = settings(
@@ -26,7 +27,7 @@ def app(builtin_store, tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(builtin_store.root, data_dir / "models")
     settings_ = Settings(data_dir=data_dir)
     # The engine takes no jobs: schemathesis checks the API's answers, not upscaling speed.
-    engine = Engine(settings_, start=False)
+    engine = Engine(planners=PLANNERS, settings=settings_, start=False)
     app = create_app(settings_, engine=engine)
     app.state.engine = engine
     yield app

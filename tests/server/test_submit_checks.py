@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
+from assetbox.kinds import PLANNERS
 from assetbox.models.importer import import_model
 from assetbox.models.store import ModelStore
 from assetbox.server import create_app
@@ -33,7 +34,7 @@ def data_dir(builtin_store, tiny_models: Path, tmp_path: Path) -> Path:
 def queued_client(data_dir: Path):
     """An engine that runs nothing: a 202 stays 202 and the queue shows what was accepted."""
     settings = Settings(data_dir=data_dir)
-    engine = Engine(settings, start=False)
+    engine = Engine(planners=PLANNERS, settings=settings, start=False)
     with TestClient(create_app(settings, engine=engine)) as client:
         yield client
     engine.close()
@@ -124,7 +125,7 @@ def test_a_builtin_upscaler_not_yet_converted_is_checked_at_submit(
     tmp_path: Path, png: bytes
 ) -> None:
     settings = Settings(data_dir=tmp_path / "empty")  # no model converted yet
-    engine = Engine(settings, start=False)
+    engine = Engine(planners=PLANNERS, settings=settings, start=False)
     with TestClient(create_app(settings, engine=engine)) as client:
         refused = client.post("/v1/upscale", json={"image": b64(png), "scale": 8})
         assert refused.status_code == 422 and refused.json()["field"] == "scale"

@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +59,7 @@ from assetbox.engine.jobs import (
     UnitStatus,
 )
 from assetbox.engine.owner import DataDirOwner
-from assetbox.engine.planners import AssembledOutput, Planner, planner_for, request_hash
+from assetbox.engine.planners import AssembledOutput, Planner, request_hash
 from assetbox.engine.store import JobStore
 from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory, QueueFull
 from assetbox.logs import get_logger
@@ -76,7 +76,7 @@ ABORT_WAIT_S = 10.0
 TRANSIENT = (OutOfMemory, ConnectionError, TimeoutError)
 
 
-def make_executor(settings: Settings) -> Executor:
+def make_executor(settings: Settings, planners: Mapping[str, Planner]) -> Executor:
     """The executor the settings ask for.
 
     Raises:
@@ -98,7 +98,9 @@ def make_executor(settings: Settings) -> Executor:
     from assetbox.engine.processes import ProcessExecutor
     from assetbox.logs import json_logs_configured
 
-    return ProcessExecutor(settings, json_logs=json_logs_configured())
+    # Worker processes import the kinds' modules once, before they are forked.
+    preload = sorted({type(planner).__module__ for planner in planners.values()})
+    return ProcessExecutor(settings, json_logs=json_logs_configured(), preload=preload)
 
 
 Outcome = Literal["cancel", "fail", "shutdown"]
@@ -148,16 +150,18 @@ class Engine:
         self,
         settings: Settings | None = None,
         *,
+        planners: Mapping[str, Planner],
         executor: Executor | None = None,
         start: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
+        self.planners = dict(planners)
         self.data_dir = Path(self.settings.data_dir)
         self.files = self.data_dir / "jobs"
         # Only an engine that runs jobs owns the directory (and may requeue what it finds).
         self._owner = DataDirOwner(self.data_dir) if start else None
         self.store = JobStore(self.data_dir / "jobs.sqlite3")
-        self.executor = executor or make_executor(self.settings)
+        self.executor = executor or make_executor(self.settings, self.planners)
         self._runs: dict[str, _Run] = {}  # owned by the scheduler thread
         # What the scheduler hears of: ("unit", run, future), ("planned", run, units | error),
         # ("assembled", run, outputs | error), ("cancel", job_id), ("wake",).
@@ -181,6 +185,15 @@ class Engine:
 
     # -- public API -----------------------------------------------------------------------------
 
+    def planner_for(self, kind: str) -> Planner:
+        """Raises InvalidInput for a kind this engine was not given."""
+        if kind not in self.planners:
+            raise InvalidInput(
+                f"`kind` must be one of {', '.join(sorted(self.planners))} but is {kind!r}",
+                field="kind",
+            )
+        return self.planners[kind]
+
     def submit(
         self,
         kind: str,
@@ -196,7 +209,7 @@ class Engine:
             Conflict: the idempotency key was used for another request.
             QueueFull: too many queued jobs; `retry_after_s` says when to try again.
         """
-        planner = planner_for(kind)
+        planner = self.planner_for(kind)
         try:
             validated = planner.request_model.model_validate(
                 request.model_dump() if isinstance(request, BaseModel) else request
@@ -526,7 +539,7 @@ class Engine:
     def _activate(self, job: Job) -> None:
         run = _Run(
             job=job,
-            planner=planner_for(job.kind),
+            planner=self.planner_for(job.kind),
             request=None,
             started=time.monotonic(),
             peak_before=_peak_rss_mb(),
@@ -577,7 +590,9 @@ class Engine:
 
         try:
             attempt = self.store.start_unit(job.id, index)
-            task = UnitTask(job.kind, job.request, run.payloads[index], attempt, str(self.data_dir))
+            task = UnitTask(
+                run.planner, job.request, run.payloads[index], attempt, str(self.data_dir)
+            )
             run.sent_at[index] = time.monotonic()
             future = self.executor.submit(task, run.stop.is_set, report_step)
         except Exception as exc:  # a store or an executor that cannot take it: fail cleanly

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from assetbox.engine.planners import UnitContext, planner_for
+from assetbox.engine.planners import Planner, UnitContext
 from assetbox.errors import AssetboxError, Cancelled
 from assetbox.models.cache import CacheStats, ModelCache
 
@@ -37,11 +37,15 @@ class WorkerDied(AssetboxError):
 class UnitTask:
     """Everything a worker needs to run one unit (plain data, so it can cross processes)."""
 
-    kind: str
+    planner: Planner  # pickled by reference: the worker imports the kind's module
     request: dict[str, Any]
     payload: dict[str, Any]
     attempt: int
     data_dir: str = "."
+
+    @property
+    def kind(self) -> str:
+        return self.planner.kind
 
 
 def model_key(task: UnitTask) -> str | None:
@@ -58,7 +62,7 @@ def run_task(
     report_step: Callable[[int, int], None],
 ) -> bytes:
     """Run one unit with its planner (what every worker does, wherever it lives)."""
-    planner = planner_for(task.kind)
+    planner = task.planner
     request = planner.request_model.model_validate(task.request)
     ctx = UnitContext(
         report_step=report_step,

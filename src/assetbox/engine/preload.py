@@ -1,8 +1,8 @@
 """Imported once by the forkserver that local worker processes are forked from
-(engine/processes.py), so that every worker starts with the job kinds, torch, spandrel and the
-diffusers pipelines already imported: together they take several seconds, which each worker
-(and each one started after another was killed) would otherwise pay on its first unit. Nothing
-here touches a device."""
+(engine/processes.py; the job kinds' modules are imported next to it), so that every worker
+starts with torch, spandrel and the diffusers pipelines already imported: together they take
+several seconds, which each worker (and each one started after another was killed) would
+otherwise pay on its first unit. Nothing here touches a device."""
 
 import os
 import signal
@@ -14,7 +14,6 @@ if os.environ.get("ASSETBOX_WORKER_JSON_LOGS") == "1":  # before the libraries l
 
     configure_json_logs()
 
-from assetbox.engine.planners import planner_for  # noqa: E402
 from assetbox.models.architectures import import_spandrel  # noqa: E402
 from assetbox.pipelines.diffusion import _PIPELINES  # noqa: E402  (HF_HUB_OFFLINE first)
 
@@ -22,7 +21,6 @@ from assetbox.pipelines.diffusion import _PIPELINES  # noqa: E402  (HF_HUB_OFFLI
 def _preload() -> None:
     import diffusers
 
-    planner_for("simulate")  # imports every job kind
     import_spandrel()
     for name in _PIPELINES.values():  # diffusers imports each pipeline class on first access
         getattr(diffusers, name)

@@ -17,8 +17,9 @@ The child runs its unit on a thread, so a cancel or a stats request is answered 
 runs. In the parent, one thread per worker starts its process, sends and receives, relays a cancel
 when the engine's `should_stop` turns true, and starts a new process when one dies or is killed.
 On machines without an NVIDIA device, workers are forked from a forkserver that imported torch,
-diffusers and the job kinds once (engine/preload.py), so a replacement is ready in milliseconds;
-with one, each worker is spawned afresh, since CUDA must not be touched before a fork.
+diffusers and the job kinds once (engine/preload.py and the kinds' modules), so a replacement
+is ready in milliseconds; with one, each worker is spawned afresh, since CUDA must not be
+touched before a fork.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -274,15 +275,21 @@ class ProcessExecutor:
     """`workers` worker processes on this machine, each with its own model cache."""
 
     def __init__(
-        self, settings: Settings, workers: int | None = None, *, json_logs: bool = False
+        self,
+        settings: Settings,
+        workers: int | None = None,
+        *,
+        json_logs: bool = False,
+        preload: Sequence[str] = (),
     ) -> None:
+        """`preload`: modules the forkserver imports before it forks workers (the job kinds)."""
         self.workers = workers or settings.workers
         self._method = start_method(settings.worker_start)
         self._context = multiprocessing.get_context(self._method)
         if self._method == "forkserver":
             # Takes effect when this process starts its forkserver (once); a later call with
             # the same list is harmless. The forkserver inherits this environment.
-            self._context.set_forkserver_preload(PRELOAD)
+            self._context.set_forkserver_preload([*PRELOAD, *preload])
             if json_logs:
                 os.environ["ASSETBOX_WORKER_JSON_LOGS"] = "1"
         self._slots = [_Slot(spec) for spec in worker_specs(settings, self.workers, json_logs)]

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from assetbox import __version__
 from assetbox.config import Settings, get_settings
 from assetbox.engine.engine import Engine
+from assetbox.kinds import PLANNERS
 from assetbox.logs import get_logger
 from assetbox.server import auth, docs, errors
 from assetbox.server.metrics import CONTENT_TYPE, Metrics
@@ -28,7 +29,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
-        app.state.engine = engine or Engine(settings)
+        app.state.engine = engine or Engine(planners=PLANNERS, settings=settings)
         app.state.engine.unit_observers.append(app.state.metrics.observe_unit)
         try:
             yield

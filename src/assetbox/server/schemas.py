@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from assetbox.engine.diffusion import EditOptions, GenerateOptions
 from assetbox.engine.jobs import (
     Job,
     JobError,
@@ -16,7 +15,9 @@ from assetbox.engine.jobs import (
     UploadOutcome,
     WebhookOutcome,
 )
-from assetbox.engine.upscale import UpscaleOptions
+from assetbox.kinds.diffusion import GenerateOptions
+from assetbox.kinds.edit import EditOptions
+from assetbox.kinds.upscale import UpscaleOptions
 
 DELIVERY_FIELDS = {"response_format", "webhook_url", "webhook_events", "upload_urls"}
 

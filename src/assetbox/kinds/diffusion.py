@@ -1,4 +1,4 @@
-"""Job kinds `generate` (text to image) and `edit` (img2img, optionally with a ControlNet).
+"""What the diffusion kinds `generate` (kinds/generate.py) and `edit` (kinds/edit.py) share.
 
 One unit per prompt: its ``num_images_per_prompt`` images in one batch, image k of prompt p with
 seed ``seed + p * num_images_per_prompt + k``. A request without a seed gets a random one when it
@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
-from assetbox.imaging import DecodedImage, decode_image, encode_image, verify_image
+from assetbox.imaging import DecodedImage, decode_image, encode_image
 from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
 from assetbox.models.cache import files_bytes
 from assetbox.models.diffusion_import import CONFIG_DIR, DIFFUSERS_DIR, WEIGHTS_FILE
@@ -34,8 +34,6 @@ from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
 
 MAX_SEED = 2**32 - 1
 MAX_SIZE = 4096
-# The largest family size multiple (Flux.1's 16): the smallest side every family can run.
-MIN_EDIT_SIZE = 16
 # Per family: default size, steps, guidance (the model makers' recommendations).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sd15": {"size": 512, "steps": 30, "guidance": 7.0},
@@ -104,42 +102,6 @@ class GenerateOptions(BaseModel):
         return self
 
 
-class GenerateRequest(GenerateOptions):
-    pass
-
-
-class EditOptions(GenerateOptions):
-    """img2img: `strength` says how much of the input is redrawn (1: all of it)."""
-
-    prompts: list[str] = Field(default_factory=lambda: [""], min_length=1, max_length=64)
-    width: int | None = Field(
-        default=None,
-        ge=MIN_EDIT_SIZE,
-        le=MAX_SIZE,
-        multiple_of=8,
-        description="output width; a multiple of 8 (16 for flux1); default: the input image's "
-        "width rounded to that multiple, or, when only `height` is given, what keeps the input's "
-        f"aspect ratio. An input wider than {MAX_SIZE} needs an explicit size. The size used is "
-        "recorded in the job's request.",
-    )
-    height: int | None = Field(
-        default=None,
-        ge=MIN_EDIT_SIZE,
-        le=MAX_SIZE,
-        multiple_of=8,
-        description="output height; a multiple of 8 (16 for flux1); default: the input image's "
-        "height rounded to that multiple, or, when only `width` is given, what keeps the input's "
-        f"aspect ratio. An input taller than {MAX_SIZE} needs an explicit size. The size used is "
-        "recorded in the job's request.",
-    )
-    strength: float = Field(default=0.6, gt=0, le=1)
-    controlnet: ControlNetRef | None = None
-
-
-class EditRequest(EditOptions):
-    image: str = Field(description="the input image (blob 'sha256:<hex>')")
-
-
 def _adapter_name(manifest: ModelManifest) -> str:
     """A LoRA's adapter name in the pipeline: its id and weights' hash (a re-imported LoRA under
     the same id is another adapter)."""
@@ -154,37 +116,14 @@ def _checkpoint(request: GenerateOptions, data_dir: Path) -> ModelManifest:
     return _store(data_dir).get(request.model, "checkpoint", field="model")
 
 
-def edit_size(
-    width: int | None, height: int | None, image_size: tuple[int, int], multiple: int
-) -> tuple[int, int]:
-    """The size an edit runs at: the given sides, a missing one from the input image (its own
-    side rounded to `multiple`, or, beside a given side, what keeps the input's aspect ratio).
+class DiffusionPlanner:
+    """What generate and edit share: checks against the store, one unit per prompt, the run.
 
-    Raises:
-        InvalidInput: a side taken from the input comes out above MAX_SIZE (naming it).
+    A kind adds its own inputs with `_check_inputs` (at submit) and `_inputs` (on the worker).
     """
-    in_w, in_h = image_size
 
-    def snap(value: float) -> int:
-        return max(MIN_EDIT_SIZE, multiple, round(value / multiple) * multiple)
-
-    out_w = width if width is not None else snap(in_w if height is None else height * in_w / in_h)
-    out_h = height if height is not None else snap(in_h if width is None else width * in_h / in_w)
-    for name, given, value in (("width", width, out_w), ("height", height, out_h)):
-        if given is None and value > MAX_SIZE:
-            # Refused rather than shrunk: a silent resize would hand back another size than the
-            # caller's image, and the caller knows best which size to ask for instead.
-            raise InvalidInput(
-                f"`{name}` defaults to the input image's ({in_w}x{in_h}), which gives {value}, "
-                f"above the maximum {MAX_SIZE}; give `width` and `height` explicitly",
-                field=name,
-            )
-    return out_w, out_h
-
-
-class GeneratePlanner:
-    kind = "generate"
-    request_model: type[GenerateOptions] = GenerateRequest
+    kind: str
+    request_model: type[GenerateOptions]
 
     # -- at submit ------------------------------------------------------------------------------
 
@@ -238,43 +177,18 @@ class GeneratePlanner:
                 f"`seed` + {images} images must stay at most {MAX_SEED}; use a smaller seed",
                 field="seed",
             )
-        if isinstance(request, EditOptions):
-            steps = request.steps or DEFAULTS[family]["steps"]
-            if int(steps * request.strength) < 1:
-                raise InvalidInput(
-                    f"`strength` {request.strength} of {steps} steps leaves no step to run: "
-                    f"use at least {1 / steps:.3g}",
-                    field="strength",
-                )
-        if isinstance(request, EditOptions) and request.controlnet is not None:
-            net = store.get(request.controlnet.model, "controlnet", field="controlnet.model")
-            if net.family != family:
-                raise InvalidInput(
-                    f"ControlNet {net.id!r} is for {net.family}, the checkpoint "
-                    f"{manifest.id!r} is {family}",
-                    field="controlnet.model",
-                )
-        if isinstance(request, EditRequest):
-            self._check_images(request, data_dir, multiple)
+        self._check_inputs(request, store, manifest, data_dir)
 
-    @staticmethod
-    def _check_images(request: EditRequest, data_dir: Path, multiple: int) -> None:
-        """Input images decode completely; an edit without a size gets its input's.
+    def _check_inputs(
+        self, request: GenerateOptions, store: ModelStore, manifest: ModelManifest, data_dir: Path
+    ) -> None:
+        """A kind's own submit-time checks (its input images, ControlNet)."""
 
-        The size is filled in here, in place, because `check` is the one submit-time hook that
-        sees the data directory (the input's size is in its blob) and runs before the engine
-        hashes and stores the request: the job then records the size it runs at, and a request
-        without a size and one that names the same size are the same request.
-        """
-        _, in_w, in_h = verify_image(blob_path(data_dir, request.image).read_bytes(), field="image")
-        if request.controlnet is not None and request.controlnet.image is not None:
-            ref = request.controlnet.image
-            data = blob_path(data_dir, ref, field="controlnet.image").read_bytes()
-            verify_image(data, field="controlnet.image")
-        if request.width is None or request.height is None:
-            request.width, request.height = edit_size(
-                request.width, request.height, (in_w, in_h), multiple
-            )
+    def _inputs(
+        self, request: GenerateOptions, params: Any, ctx: UnitContext
+    ) -> ControlNetRef | None:
+        """A kind's own inputs into `params` (a RunParams); the ControlNet to run with."""
+        return None
 
     # -- the planner ----------------------------------------------------------------------------
 
@@ -339,15 +253,7 @@ class GeneratePlanner:
                 for n, lora in enumerate(request.loras)
             ],
         )
-        if isinstance(request, EditRequest):
-            params.image = self._image(request.image, ctx, "image")
-            params.strength = request.strength
-            if request.controlnet is not None:
-                params.conditioning_scale = request.controlnet.conditioning_scale
-                if request.controlnet.image is not None:
-                    params.control_image = self._image(
-                        request.controlnet.image, ctx, "controlnet.image"
-                    )
+        net_ref = self._inputs(request, params, ctx)
         quantization = get_settings().quantization
 
         def load():
@@ -373,7 +279,6 @@ class GeneratePlanner:
             estimate=files_bytes(folder),
             exclusive=True,  # schedulers and adapters are state: one run at a time
         ) as model:
-            net_ref = request.controlnet if isinstance(request, EditRequest) else None
             if net_ref is None:
                 images = run(
                     model, params, should_stop=ctx.should_stop, report_step=ctx.report_step
@@ -430,8 +335,3 @@ class GeneratePlanner:
                 )
                 seed += 1
         return outputs
-
-
-class EditPlanner(GeneratePlanner):
-    kind = "edit"
-    request_model = EditRequest
