@@ -52,7 +52,8 @@ $(SERVE_STAMP): pyproject.toml
 		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
 	touch $(SERVE_STAMP)
 
-# The test tools (pytest, ruff, ray, schemathesis, hypothesis, scikit-image, torchao) on top.
+# The test tools (pytest, ruff, import-linter, ray, schemathesis, hypothesis, scikit-image,
+# torchao) on top.
 $(DEV_STAMP): $(SERVE_STAMP)
 	$(PIP) install -q -e ".[dev]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
 		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
@@ -64,9 +65,11 @@ $(DEV_STAMP): $(SERVE_STAMP)
 serve: $(SERVE_STAMP)
 	@$(BIN)/assetbox serve --host $(HOST) --port $(PORT)
 
+# The layers (import-linter contracts in pyproject.toml) are part of the lint.
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports --no-cache
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format src tests bench

@@ -17,7 +17,7 @@ from assetbox.engine.engine import Engine
 from assetbox.engine.inputs import fetch_url
 from assetbox.errors import InvalidInput
 from assetbox.imaging import decode_base64, probe_image
-from assetbox.server.routers.jobs import prefer_wait, present
+from assetbox.server.present import prefer_wait, present
 from assetbox.server.schemas import JobCreate, JobPublic
 
 _Body = TypeVar("_Body", bound=BaseModel)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,39 +10,13 @@ from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, StreamingResponse
 
 from assetbox.engine.engine import Engine
-from assetbox.engine.jobs import Job, JobStatus
+from assetbox.engine.jobs import JobStatus
 from assetbox.errors import NotFound
-from assetbox.imaging import encode_base64
 from assetbox.server.deps import EngineDep
-from assetbox.server.schemas import JobPublic, JobsPublic, OutputPublic
+from assetbox.server.present import prefer_wait, present
+from assetbox.server.schemas import JobPublic, JobsPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-MAX_WAIT_S = 300
-
-
-def prefer_wait(prefer: str | None) -> float:
-    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), at most `MAX_WAIT_S`."""
-    match = re.search(r"wait\s*=\s*(\d+(?:\.\d+)?)", prefer or "")
-    return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
-
-
-def present(job: Job, engine: Engine, *, b64: bool = False) -> JobPublic:
-    """The public view of a job: outputs with download URLs (and inline base64 if asked)."""
-    outputs = [
-        OutputPublic(
-            index=o.index,
-            url=f"/v1/jobs/{job.id}/outputs/{o.index}",
-            media_type=o.media_type,
-            width=o.width,
-            height=o.height,
-            seed=o.seed,
-            timings_ms=o.timings_ms,
-            b64=encode_base64(engine.output_path(job, o.index).read_bytes()) if b64 else None,
-            upload=o.upload,
-        )
-        for o in job.outputs
-    ]
-    return JobPublic.from_job(job, outputs)
 
 
 @router.get("", response_model=JobsPublic)
