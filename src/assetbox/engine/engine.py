@@ -247,7 +247,11 @@ class Engine:
             earlier = self.store.find_reusable(kind, digest)
             if earlier is not None and earlier.id != job.id:
                 job = self.store.finish(
-                    job.id, JobStatus.SUCCEEDED, outputs=earlier.outputs, reused_from=earlier.id
+                    job.id,
+                    JobStatus.SUCCEEDED,
+                    outputs=earlier.outputs,
+                    reused_from=earlier.id,
+                    result=earlier.result,
                 )
                 self._deliver_webhook(job.id)
         self._inbox.put(("wake",))
@@ -686,7 +690,8 @@ class Engine:
             if job.delivery and job.delivery.upload_urls:
                 files = [self.data_dir / o.path for o in outputs]
                 outputs = upload_outputs(outputs, files, job.delivery.upload_urls, self.settings)
-            result: Any = outputs
+            summary = next((a.summary for a in assembled if a.summary is not None), None)
+            result: Any = (outputs, summary)
         except Exception as exc:
             result = exc
         self._inbox.put(("assembled", run, result))
@@ -717,7 +722,8 @@ class Engine:
         elif isinstance(result, BaseException):
             self._end(run, JobStatus.FAILED, error=_error(result))
         else:
-            self._end(run, JobStatus.SUCCEEDED, outputs=result)
+            outputs, summary = result
+            self._end(run, JobStatus.SUCCEEDED, outputs=outputs, result=summary)
             # unit results are only needed until here
             shutil.rmtree(self.files / run.job.id / "units", ignore_errors=True)
 
@@ -777,6 +783,7 @@ class Engine:
         *,
         outputs: list[JobOutput] | None = None,
         error: JobError | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         with run.lock:
             if run.ended:
@@ -784,7 +791,7 @@ class Engine:
             run.ended = True
         job = run.job
         self._runs.pop(job.id, None)
-        finished = self.store.finish(job.id, status, outputs=outputs, error=error)
+        finished = self.store.finish(job.id, status, outputs=outputs, error=error, result=result)
         self._deliver_webhook(job.id)
         self._durations.append(time.monotonic() - run.started)
         log.info(

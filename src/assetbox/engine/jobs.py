@@ -110,6 +110,8 @@ class Job(BaseModel):
     reused_from: str | None = None
     delivery: Delivery | None = None
     webhook: WebhookOutcome | None = None
+    # What the kind reports beside its files, e.g. a caption job's captions.
+    result: dict[str, Any] | None = None
 
 
 class Unit(BaseModel):

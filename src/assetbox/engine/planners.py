@@ -45,6 +45,9 @@ class AssembledOutput:
     height: int | None = None
     timings_ms: dict[str, float] | None = None
     seed: int | None = None
+    # Shown on the job itself as its `result` (e.g. captions), beside the file; at most one of a
+    # job's outputs carries it.
+    summary: dict[str, Any] | None = None
 
 
 class Planner(Protocol):

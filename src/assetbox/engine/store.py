@@ -75,6 +75,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN delivery TEXT;
     ALTER TABLE jobs ADD COLUMN webhook TEXT
     """,
+    # 3: what a kind reports on the job itself (captions), beside its output files.
+    "ALTER TABLE jobs ADD COLUMN result TEXT",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -275,6 +277,7 @@ class JobStore:
         outputs: list[JobOutput] | None = None,
         error: JobError | None = None,
         reused_from: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> Job:
         """Move a job to a terminal status (a job already terminal is left as it is)."""
         with self._tx() as db:
@@ -282,7 +285,7 @@ class JobStore:
             if row is None:
                 raise NotFound(f"no job {job_id!r}")
             if not JobStatus(row["status"]).is_terminal():
-                self._finish(db, job_id, status, outputs, error, reused_from)
+                self._finish(db, job_id, status, outputs, error, reused_from, result)
             return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def _finish(
@@ -293,16 +296,18 @@ class JobStore:
         outputs: list[JobOutput] | None = None,
         error: JobError | None = None,
         reused_from: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         db.execute(
             "UPDATE jobs SET status = ?, finished_at = ?, outputs = ?, error = ?, "
-            "reused_from = ? WHERE id = ?",
+            "reused_from = ?, result = ? WHERE id = ?",
             (
                 status.value,
                 _now(),
                 json.dumps([o.model_dump() for o in outputs or []]),
                 error.model_dump_json() if error else None,
                 reused_from,
+                json.dumps(result) if result is not None else None,
                 job_id,
             ),
         )
@@ -545,6 +550,7 @@ class JobStore:
             reused_from=row["reused_from"],
             delivery=Delivery.model_validate_json(row["delivery"]) if row["delivery"] else None,
             webhook=WebhookOutcome.model_validate_json(row["webhook"]) if row["webhook"] else None,
+            result=json.loads(row["result"]) if row["result"] else None,
         )
 
     @staticmethod

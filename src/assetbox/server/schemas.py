@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,6 +98,9 @@ class JobPublic(BaseModel):
     outputs: list[OutputPublic] = Field(default_factory=list)
     error: JobError | None = None
     webhook: WebhookOutcome | None = None
+    result: dict[str, Any] | None = Field(
+        default=None, description="what the job reports beside its files (a caption job's captions)"
+    )
 
     @classmethod
     def from_job(cls, job: Job, outputs: list[OutputPublic]) -> JobPublic:
@@ -112,6 +115,7 @@ class JobPublic(BaseModel):
             outputs=outputs,
             error=job.error,
             webhook=job.webhook,
+            result=job.result,
         )
 
 
