@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from assetbox.atomic_files import write_atomically
 from assetbox.errors import InvalidInput
@@ -26,15 +27,18 @@ def put_blob(data_dir: Path, data: bytes) -> str:
 
 def with_images(request: dict, images: dict[str, str]) -> dict:
     """`request` with each image value (a blob ref, or base64 for the API) at its field; a
-    dotted field such as ``controlnet.image`` goes into that nested object."""
+    dotted field goes into that nested object (``controlnet.image``) or list (``images.2``).
+    `request` itself is left as it was."""
     full = dict(request)
     for field, value in images.items():
         *parents, name = field.split(".")
-        target = full
+        target: Any = full
         for parent in parents:
-            target[parent] = dict(target[parent])
-            target = target[parent]
-        target[name] = value
+            key = int(parent) if isinstance(target, list) else parent
+            child = target[key]
+            target[key] = list(child) if isinstance(child, list) else dict(child)
+            target = target[key]
+        target[int(name) if isinstance(target, list) else name] = value
     return full
 
 

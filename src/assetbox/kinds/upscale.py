@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +102,49 @@ def format_for_path(path: Path) -> ImageFormat:
     return formats[suffix]
 
 
+def upscaler(store: ModelStore, model_id: str, *, field: str) -> ModelManifest:
+    """The upscaler `model_id` (a built-in one is converted into the store on first use).
+
+    Raises:
+        NotFound: no such model, naming `field` and the upscalers there are.
+        InvalidInput: `model_id` is another kind of model.
+        ModelError: a built-in upscaler fails to convert.
+    """
+    try:
+        return ensure_upscaler(store, model_id)
+    except NotFound:
+        other = next((k for k in KINDS if store.exists(model_id, k)), None)
+        if other is None:
+            # The built-in ones count too, though not converted into the store yet.
+            known = sorted({m.id for m in store.list("upscaler")} | set(BUILTIN_UPSCALERS))
+            raise NotFound(
+                f"`{field}` {model_id!r} is no upscaler in the store nor a built-in one "
+                f"(available: {', '.join(known)})",
+                field=field,
+            ) from None
+        raise InvalidInput(
+            f"`{field}` must be an upscaler but {model_id!r} is a {other}", field=field
+        ) from None
+
+
+def open_upscaler(
+    manifest: ModelManifest, engine: Literal["torch", "ncnn"], ctx: UnitContext
+) -> AbstractContextManager[Any]:
+    """A lease on the upscaler's backend from the worker's model cache (loaded on first use)."""
+    folder = ModelStore(ctx.data_dir / "models").path(manifest.id)
+    return ctx.models.lease(
+        f"{manifest.id}:{manifest.sha256[:12]}:{engine}",
+        lambda: open_backend(
+            folder,
+            engine=engine,
+            network_scale=manifest.network_scale,
+            post_resize=manifest.post_resize,
+        ),
+        # The engine's weight file: what it will hold in memory, before loading it.
+        estimate=files_bytes(folder / ("model.bin" if engine == "ncnn" else "model.safetensors")),
+    )
+
+
 class UpscalePlanner:
     kind = "upscale"
     request_model = UpscaleRequest
@@ -143,23 +187,7 @@ class UpscalePlanner:
             ModelError: a built-in upscaler fails to convert on its first use.
         """
         assert isinstance(request, UpscaleRequest)
-        store = ModelStore(data_dir / "models")
-        try:
-            manifest = ensure_upscaler(store, request.model)
-        except NotFound:
-            other = next((k for k in KINDS if store.exists(request.model, k)), None)
-            if other is None:
-                # The built-in ones count too, though not converted into the store yet.
-                known = sorted({m.id for m in store.list("upscaler")} | set(BUILTIN_UPSCALERS))
-                raise NotFound(
-                    f"`model` {request.model!r} is no upscaler in the store nor a built-in one "
-                    f"(available: {', '.join(known)})",
-                    field="model",
-                ) from None
-            raise InvalidInput(
-                f"`model` must be an upscaler but {request.model!r} is a {other}",
-                field="model",
-            ) from None
+        manifest = upscaler(ModelStore(data_dir / "models"), request.model, field="model")
         self._check_scale(request, manifest)
         self._settings(request, manifest)
         verify_image(blob_path(data_dir, request.image).read_bytes(), field="image")
@@ -202,26 +230,13 @@ class UpscalePlanner:
         manifest = self._manifest(request, ctx.data_dir)
         settings = self._settings(request, manifest)
         engine = self._engine(request, manifest)
-        folder = ModelStore(ctx.data_dir / "models").path(manifest.id)
         pixels = image.rgb
         if payload["plane"] == "alpha":
             assert image.alpha is not None
             pixels = np.repeat(image.alpha[..., None], 3, axis=2)
         plan, _ = plan_windows(image.width, image.height, settings)
         tiles = [plan.tile(tile_id) for tile_id in payload["tiles"]]
-        with ctx.models.lease(
-            f"{manifest.id}:{manifest.sha256[:12]}:{engine}",
-            lambda: open_backend(
-                folder,
-                engine=engine,
-                network_scale=manifest.network_scale,
-                post_resize=manifest.post_resize,
-            ),
-            # The engine's weight file: what it will hold in memory, before loading it.
-            estimate=files_bytes(
-                folder / ("model.bin" if engine == "ncnn" else "model.safetensors")
-            ),
-        ) as backend:
+        with open_upscaler(manifest, engine, ctx) as backend:
             outputs = upscale_windows(
                 backend,
                 pixels,
