@@ -1,7 +1,7 @@
-"""Tiny random diffusion models, built from configs, saved exactly as real models are laid out.
+"""Tiny random models, built from configs, saved exactly as real models are laid out.
 
 ``python -m assetbox.testing.tiny_models --family {sd15,sdxl,flux1} --out DIR [--controlnet]
-[--lora NAME ...]`` writes into DIR:
+[--lora NAME ...]`` writes diffusion models into DIR:
 
 - ``tiny-<family>/``: a diffusers checkpoint folder (model_index.json, unet|transformer/, vae/,
   text_encoder(_2)/, tokenizer(_2)/, scheduler/), as ``save_pretrained`` writes real ones;
@@ -21,6 +21,18 @@ following diffusers' own pipeline tests; tokenizers come from small vocabularies
 
 Writing the single file needs diffusers→original key conversion, which diffusers ships only as
 scripts fixed to the real block counts; the generic version is here.
+
+``python -m assetbox.testing.tiny_models --family {qwen2_5_vl,qwen3_vl} --out DIR`` writes a
+captioner, ``tiny-<family>/``, as ``save_pretrained`` writes the real Qwen2.5-VL / Qwen3-VL
+folders: config.json, model.safetensors, generation_config.json, tokenizer.json and
+tokenizer_config.json, preprocessor_config.json (the PIL image processor; Qwen3-VL's patch 16 and
+mean/std 0.5) and chat_template.jinja. The architecture is the real one at widths of 16 (2 text
+layers, 2 vision blocks). The tokenizer is byte-level BPE built here: 256 byte symbols, the 14
+Qwen special tokens (``<|endoftext|>`` = 256, ``<|im_start|>`` = 257, ``<|im_end|>`` = 258, ...,
+``<|image_pad|>`` = 268), then merges that spell a few words (`CAPTION_WORDS`). Its weights are
+random with a fixed seed, so its captions are the same every time; its generation config lets it
+say only those words, ',' and '.', and end its turn (as a real model's generation config carries
+its sampling defaults), so captions read as short word lists of varying length.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FAMILIES = ("sd15", "sdxl", "flux1")
+CAPTIONER_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 TINY_MERGES = 486  # CLIP vocabulary of 256 + 256 + 486 + 2 = 1000 tokens
 LORA_RANK = 4
 _MODELSPEC = {
@@ -487,16 +500,255 @@ def _config_files(folder: Path) -> dict[str, str]:
     }
 
 
+# -- captioners ----------------------------------------------------------------------------------
+
+# Qwen's special tokens in their real order (Qwen2.5-VL and Qwen3-VL ids 151643-151656).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+CAPTION_WORDS: tuple[str, ...] = (
+    "stone",
+    "wall",
+    "red",
+    "blue",
+    "green",
+    "light",
+    "soft",
+    "metal",
+    "wood",
+    "glass",
+    "sky",
+    "tree",
+    "leaf",
+    "water",
+    "face",
+    "hair",
+    "cloth",
+    "brick",
+    "sand",
+    "gold",
+    "dark",
+    "warm",
+    "cold",
+    "shadow",
+    "grass",
+    "rock",
+    "fur",
+    "eye",
+    "sun",
+    "cloud",
+)
+CAPTIONER_VOCAB = 384  # 256 bytes + 14 special tokens + the word merges (105), rounded up
+# Per family: the torch seed of the weights and a scale of the output layer's <|im_end|> row (how
+# soon captions end), chosen by trying a few on 16 photo crops of 48-160 px with 20 tokens: 13
+# (qwen2_5_vl) and 16 (qwen3_vl) different captions, none empty, 5-6 ending before the limit.
+# Other seeds gave one caption for every image, or only empty ones.
+_CAPTIONER_SEED_AND_END_SCALE = {"qwen2_5_vl": (5, 1.0), "qwen3_vl": (0, 1.6)}
+# Qwen2.5-VL's own chat template (from its hub folder).
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3-VL-Instruct's, without its tool calling: no default system turn.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen_tokenizer():
+    """A byte-level Qwen2Tokenizer: byte symbols, Qwen's special tokens, merges spelling
+    `CAPTION_WORDS` (each with its leading space, as ``Ġstone``)."""
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer
+
+    from assetbox.models.tokenizers import bytes_to_unicode
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in CAPTION_WORDS:
+        piece = "Ġ"
+        for char in word:
+            if (piece, char) not in merges:
+                merges.append((piece, char))
+            piece += char
+            vocab.setdefault(piece, len(vocab))
+    assert len(vocab) <= CAPTIONER_VOCAB
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True) for t in QWEN_SPECIAL_TOKENS], special_tokens=True
+    )
+    return tokenizer
+
+
+def _token_ids(tokenizer, *tokens: str) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(token) for token in tokens]
+
+
+def build_captioner(family: str):
+    """A tiny random captioner of `family`: (model, tokenizer, image processor, chat template).
+    Fixed seed: the same weights every time."""
+    import torch
+    from transformers import GenerationConfig, Qwen2VLImageProcessorPil
+
+    tokenizer = qwen_tokenizer()
+    end, pad, image, video, start, stop = _token_ids(
+        tokenizer,
+        *("<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<|video_pad|>"),
+        *("<|vision_start|>", "<|vision_end|>"),
+    )
+    # Wide random weights (std 0.5, not 0.02): the output then depends on the image, so
+    # different tiles get different captions.
+    text = {
+        "vocab_size": CAPTIONER_VOCAB,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 4096,
+        "initializer_range": 0.5,
+        "bos_token_id": pad,
+        "eos_token_id": end,
+        "pad_token_id": pad,
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "out_hidden_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "initializer_range": 0.5,
+    }
+    tokens = {
+        "image_token_id": image,
+        "video_token_id": video,
+        "vision_start_token_id": start,
+        "vision_end_token_id": stop,
+        "initializer_range": 0.5,
+    }
+    if family not in CAPTIONER_FAMILIES:
+        raise ValueError(f"family must be one of {CAPTIONER_FAMILIES}, not {family!r}")
+    seed, end_scale = _CAPTIONER_SEED_AND_END_SCALE[family]
+    torch.manual_seed(seed)
+    if family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]}
+        config = Qwen2_5_VLConfig(
+            text_config=text | {"rope_parameters": rope},
+            vision_config=vision | {"patch_size": 14, "window_size": 112},
+            **tokens,
+        )
+        config.vision_config.fullatt_block_indexes = [1]
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        processor = Qwen2VLImageProcessorPil(
+            size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+        )
+        template = QWEN2_5_VL_CHAT_TEMPLATE
+        sampling = {"do_sample": True, "temperature": 0.1, "top_p": 0.001, "top_k": 1}
+        sampling["repetition_penalty"] = 1.05
+    else:
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+        rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 1, 1]}
+        rope["mrope_interleaved"] = True
+        config = Qwen3VLConfig(
+            text_config=text | {"head_dim": 8, "rope_parameters": rope},
+            vision_config=vision | {"patch_size": 16, "num_position_embeddings": 64},
+            **tokens,
+        )
+        config.vision_config.deepstack_visual_indexes = [1]
+        model = Qwen3VLForConditionalGeneration(config)
+        processor = Qwen2VLImageProcessorPil(
+            size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 1280},
+            patch_size=16,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+        template = QWEN3_VL_CHAT_TEMPLATE
+        sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    model.eval()
+    with torch.no_grad():
+        model.lm_head.weight[end] *= end_scale
+    speakable = {*_token_ids(tokenizer, *(f"Ġ{w}" for w in CAPTION_WORDS), ",", ".", "<|im_end|>")}
+    model.generation_config = GenerationConfig(
+        bos_token_id=pad,
+        eos_token_id=[end, pad],
+        pad_token_id=pad,
+        suppress_tokens=[i for i in range(CAPTIONER_VOCAB) if i not in speakable],
+        **sampling,
+    )
+    return model, tokenizer, processor, template
+
+
+def write_captioner(family: str, folder: Path) -> Path:
+    """Write the tiny captioner of `family` into `folder` (replacing it)."""
+    model, tokenizer, processor, template = build_captioner(family)
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder)  # config.json, generation_config.json, model.safetensors
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(template)
+    return folder
+
+
 # -- writing -------------------------------------------------------------------------------------
 
 
 def write(family: str, out: Path, *, controlnet: bool = False, loras: tuple[str, ...] = ()):
-    """Write the tiny models of `family` into `out`; returns the paths written."""
+    """Write the tiny models of `family` into `out`; returns the paths written.
+
+    Raises:
+        ValueError: an unknown family, or a ControlNet or LoRA asked of a captioner family.
+    """
     from safetensors.torch import save_file
 
     from assetbox.models.families import CONFIG_METADATA_KEY
 
     out.mkdir(parents=True, exist_ok=True)
+    if family in CAPTIONER_FAMILIES:
+        if controlnet or loras:
+            raise ValueError(f"{family} is a captioner: it has no ControlNets or LoRAs")
+        return [write_captioner(family, out / f"tiny-{family}")]
     pipe = build_pipeline(family)
     written = []
     folder = out / f"tiny-{family}"
@@ -528,7 +780,7 @@ def write(family: str, out: Path, *, controlnet: bool = False, loras: tuple[str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=FAMILIES, required=True)
+    parser.add_argument("--family", choices=FAMILIES + CAPTIONER_FAMILIES, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--controlnet", action="store_true", help="also write a ControlNet")
     parser.add_argument("--lora", action="append", default=[], help="write a LoRA of this name")
