@@ -1,10 +1,12 @@
-"""What a diffusion model file or folder is, from headers and configs alone (no weights loaded).
+"""What a model file or folder is, from headers and configs alone (no weights loaded).
 
 A checkpoint is a diffusers folder (``model_index.json``) or one ``.safetensors`` file in the
-original Stability layout; a ControlNet is a diffusers folder (``config.json``); a LoRA is one
-``.safetensors`` file in the kohya or the diffusers/peft layout. The family (sd15, sdxl, flux1)
-comes from metadata when the file has it (``modelspec.architecture``, kohya's
-``ss_base_model_version``), else from key names and shapes:
+original Stability layout; a ControlNet is a diffusers folder (``config.json`` with a diffusers
+``_class_name``); a LoRA is one ``.safetensors`` file in the kohya or the diffusers/peft layout; a
+captioner is a transformers folder whose ``config.json`` has a supported ``model_type``
+(qwen2_5_vl, qwen3_vl), its family. A diffusion model's family (sd15, sdxl, flux1) comes from
+metadata when the file has it (``modelspec.architecture``, kohya's ``ss_base_model_version``),
+else from key names and shapes:
 
 - sd15: single file ``cond_stage_model.transformer.*`` (CLIP-L); LoRA ``lora_te_*``, or only
   ``text_encoder.*``, or a cross-attention width of 768.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assetbox.errors import UnsupportedFormat
-from assetbox.models.store import Family, ModelKind
+from assetbox.models.store import CAPTIONER_FAMILIES, Family, ModelKind
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
@@ -51,12 +53,19 @@ _KOHYA_BASE = {"sd_v1": "sd15", "sdxl_base_v1-0": "sdxl", "sdxl_base_v0-9": "sdx
 CONFIG_METADATA_KEY = "assetbox.diffusers_config"
 
 
+# A captioner's class when its config.json names none (configs saved by transformers do).
+CAPTIONER_ARCHITECTURES: dict[Family, str] = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+}
+
+
 @dataclass(frozen=True)
 class Detected:
     kind: ModelKind
     family: Family
-    layout: str  # "diffusers" or "single_file" ("single_file" for every LoRA)
-    architecture: str  # the diffusers class, or "lora"
+    layout: str  # "diffusers", "single_file" (every LoRA) or "transformers" (captioners)
+    architecture: str  # the diffusers or transformers class, or "lora"
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,10 @@ def _detect_folder(path: Path, field: str) -> Detected:
     elif config.is_file():
         data = _json(config, field)
         name = str(data.get("_class_name", ""))
+        if not name and "model_type" in data:  # transformers writes model_type, never _class_name
+            detected = _captioner(path, data, field)
+            _refuse_pickles(path, pickles, field)
+            return detected
         if name == "FluxControlNetModel":
             family = "flux1"
         elif name == "ControlNetModel":
@@ -169,15 +182,33 @@ def _detect_folder(path: Path, field: str) -> Detected:
             "(a diffusers ControlNet)",
             field=field,
         )
+    _refuse_pickles(path, pickles, field)
+    if not any(path.rglob("*.safetensors")):
+        raise UnsupportedFormat(f"{path.name} has no .safetensors weights", field=field)
+    return Detected(kind, family, "diffusers", name)
+
+
+def _refuse_pickles(path: Path, pickles: list[str], field: str) -> None:
     if pickles:
         raise UnsupportedFormat(
             f"{path.name} holds pickled weights ({', '.join(sorted(pickles)[:3])}): loading "
             "them could run code; save the model with safe_serialization (safetensors)",
             field=field,
         )
-    if not any(path.rglob("*.safetensors")):
-        raise UnsupportedFormat(f"{path.name} has no .safetensors weights", field=field)
-    return Detected(kind, family, "diffusers", name)
+
+
+def _captioner(path: Path, config: dict, field: str) -> Detected:
+    """A transformers folder: a captioner when its model_type is a supported family."""
+    model_type = str(config["model_type"])
+    if model_type not in CAPTIONER_FAMILIES:
+        raise UnsupportedFormat(
+            f"{path.name} holds a transformers {model_type!r} model; supported captioners: "
+            f"{', '.join(CAPTIONER_FAMILIES)}",
+            field=field,
+        )
+    family: Family = model_type  # type: ignore[assignment]  (checked just above)
+    architectures = config.get("architectures") or [CAPTIONER_ARCHITECTURES[family]]
+    return Detected("captioner", family, "transformers", str(architectures[0]))
 
 
 def _json(path: Path, field: str) -> dict:

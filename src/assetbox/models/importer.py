@@ -171,29 +171,32 @@ def import_model(
     progress: Progress | None = None,
     expected_kind: ModelKind | None = None,
 ) -> ModelManifest:
-    """Import any model: diffusers folders, diffusion checkpoints and LoRAs (by their
-    headers), else upscalers. Pickles other than weights-only ``.pth`` upscalers are refused.
-    With `expected_kind`, a model of another kind is refused before anything is stored.
+    """Import any model: diffusers folders, transformers captioner folders, diffusion
+    checkpoints and LoRAs (by their headers), else upscalers. Pickles other than weights-only
+    ``.pth`` upscalers are refused. With `expected_kind`, a model of another kind is refused
+    before anything is stored.
 
     Raises:
         UnsupportedFormat, ModelError, InvalidInput, Conflict: as the importers do.
     """
+    from assetbox.models.captioner_import import import_captioner
     from assetbox.models.diffusion_import import import_diffusion
     from assetbox.models.families import detect, is_diffusion, read_header, refuse_pickle
 
-    def diffusion() -> ModelManifest:
+    def by_detection() -> ModelManifest:  # folders and diffusion files
         detected = detect(path)
         _expect(expected_kind, detected.kind)
-        return import_diffusion(
+        importer = import_captioner if detected.kind == "captioner" else import_diffusion
+        return importer(
             store, path, model_id=model_id, source=source, progress=progress, detected=detected
         )
 
     path = Path(path)
     if path.is_dir():
-        return diffusion()
+        return by_detection()
     if path.suffix.lower() == ".safetensors" and path.is_file():
         if is_diffusion(read_header(path)):
-            return diffusion()
+            return by_detection()
     elif path.suffix.lower() not in SUFFIXES:
         refuse_pickle(path)
     _expect(expected_kind, "upscaler")

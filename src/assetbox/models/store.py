@@ -3,7 +3,11 @@
 Each folder holds ``manifest.json`` and the weights. Upscalers: ``model.safetensors`` (models that
 came in ncnn format also keep ``model.param``/``model.bin`` for the ncnn engine). Checkpoints and
 ControlNets: a diffusers folder under ``diffusers/``, or a single ``model.safetensors`` with the
-diffusers config it loads with under ``config/``. LoRAs: ``model.safetensors``. A model is added by
+diffusers config it loads with under ``config/``. LoRAs: ``model.safetensors``. Captioners
+(vision-language models such as Qwen2.5-VL): a transformers folder under ``transformers/``:
+``config.json``, ``model.safetensors`` (or shards with ``model.safetensors.index.json``), the
+tokenizer files, the image processor config, the chat template and ``generation_config.json``
+(see `assetbox.models.captioner_import`). A model is added by
 building its folder under ``models/.staging/`` and renaming it into place, so a crash or a refused
 import never leaves a half-written model in the store.
 """
@@ -27,11 +31,14 @@ from pydantic import BaseModel, Field
 from assetbox.config import Settings, get_settings
 from assetbox.errors import Conflict, InvalidInput, NotFound
 
-ModelKind = Literal["upscaler", "checkpoint", "lora", "controlnet"]
-KINDS: tuple[ModelKind, ...] = ("upscaler", "checkpoint", "lora", "controlnet")
-Family = Literal["sd15", "sdxl", "flux1"]
+ModelKind = Literal["upscaler", "checkpoint", "lora", "controlnet", "captioner"]
+KINDS: tuple[ModelKind, ...] = ("upscaler", "checkpoint", "lora", "controlnet", "captioner")
+Family = Literal["sd15", "sdxl", "flux1", "qwen2_5_vl", "qwen3_vl"]
+# Diffusion families only (checkpoints, LoRAs, ControlNets): what generate and edit accept.
 FAMILIES: tuple[Family, ...] = ("sd15", "sdxl", "flux1")
-Layout = Literal["diffusers", "single_file"]
+# Captioner families: the transformers `model_type` of their config.json.
+CAPTIONER_FAMILIES: tuple[Family, ...] = ("qwen2_5_vl", "qwen3_vl")
+Layout = Literal["diffusers", "single_file", "transformers"]
 Engine = Literal["torch", "ncnn"]
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 WEIGHTS_FILE = "model.safetensors"
@@ -46,11 +53,17 @@ class ModelManifest(BaseModel):
     kind: ModelKind
     architecture: str = Field(
         description="upscalers: spandrel's architecture id (ESRGAN, Compact); diffusion models: "
-        "the diffusers class (StableDiffusionXLPipeline, ControlNetModel, ...) or 'lora'"
+        "the diffusers class (StableDiffusionXLPipeline, ControlNetModel, ...) or 'lora'; "
+        "captioners: the transformers class (Qwen2_5_VLForConditionalGeneration, ...)"
     )
-    family: Family | None = Field(default=None, description="diffusion models: sd15, sdxl, flux1")
+    family: Family | None = Field(
+        default=None,
+        description="diffusion models: sd15, sdxl, flux1; captioners: qwen2_5_vl, qwen3_vl",
+    )
     layout: Layout | None = Field(
-        default=None, description="checkpoints and ControlNets: a diffusers folder or one file"
+        default=None,
+        description="checkpoints and ControlNets: a diffusers folder or one file; captioners: a "
+        "transformers folder",
     )
     scale: int = Field(default=1, description="upscalers: native output scale")
     network_scale: int = Field(default=1, description="upscalers: scale before any post-resize")
