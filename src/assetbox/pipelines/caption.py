@@ -210,7 +210,7 @@ _LEADING = re.compile(
     rf"(?:the|this|the given|this given) {_NOUN} {_VERB}\b"
     rf"|(?:this|it) is (?:an? |the )?(?:close-up |cropped )?{_NOUN} (?:of|showing)\b"
     rf"|(?:in|within) (?:the|this) {_NOUN}\b"
-    rf"|an? {_NOUN} (?:of|showing)\b"
+    r"|an? (?:image|picture) (?:of|showing)\b"  # "A photo of ..." names a style: kept
     r"|here (?:is|we see)\b|(?:it|this) shows\b|we (?:can )?see\b|there (?:is|are)\b"
     r"|(?:caption|description|prompt)\s*:"
     r")[\s,:;-]*",
