@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from assetbox.engine.planners import Planner
+from assetbox.kinds.caption import CaptionPlanner
 from assetbox.kinds.edit import EditPlanner
 from assetbox.kinds.generate import GeneratePlanner
 from assetbox.kinds.simulate import SimulatePlanner
@@ -17,5 +18,11 @@ from assetbox.kinds.upscale import UpscalePlanner
 
 PLANNERS: Mapping[str, Planner] = {
     planner.kind: planner
-    for planner in (UpscalePlanner(), GeneratePlanner(), EditPlanner(), SimulatePlanner())
+    for planner in (
+        UpscalePlanner(),
+        GeneratePlanner(),
+        EditPlanner(),
+        CaptionPlanner(),
+        SimulatePlanner(),
+    )
 }

@@ -1,0 +1,267 @@
+"""Job kind `caption`: a vision-language model (Qwen2.5-VL, Qwen3-VL) describes images.
+
+Two modes. Images: ``images`` (up to 64) → one caption per image, in order. Tiles: one ``image``
+and a ``tiles`` grid → one caption per tile of the output's `TilePlan` (kinds/tiles.py, the plan
+the tiled upscale uses, so ids and boxes match), each tile cut from the input pre-upscaled to
+the output's size and scaled down to the captioner's pixel cap by its processor.
+
+A unit is a batch of images or tiles (``batch``, one forward pass each step); it reports a step
+per generated token and stops between tokens when cancelled. The captions are the job's
+`result` (``GET /v1/jobs/{id}``) and its one output, ``captions.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from assetbox.engine.blobs import blob_path
+from assetbox.engine.planners import AssembledOutput, UnitContext
+from assetbox.errors import InvalidInput, NotFound
+from assetbox.imaging import decode_image, extract_tile, verify_image
+from assetbox.kinds.tiles import MAX_TILES, TileSource, check_source, pre_upscaled, tile_plan
+from assetbox.models.captioner_import import TRANSFORMERS_DIR
+from assetbox.models.store import KINDS, ModelManifest, ModelStore
+from assetbox.pipelines.caption import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_SYSTEM_PROMPT,
+    MAX_TOKENS,
+)
+
+MAX_IMAGES = 64
+MAX_SEED = 2**32 - 1
+
+
+class CaptionOptions(BaseModel):
+    """How to caption (everything but the images); the API and the CLI validate with it."""
+
+    model: str = Field(description="store id of a captioner")
+    system_prompt: str = Field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        min_length=1,
+        max_length=4000,
+        description="default: one tuned for diffusion prompts (short comma-separated phrases)",
+    )
+    prompt: str | None = Field(
+        default=None, max_length=4000, description="the user turn; default 'Describe this image.'"
+    )
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_TOKENS)
+    batch: int = Field(default=8, ge=1, le=64, description="images or tiles per forward pass")
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="sample at this temperature; default greedy"
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED - MAX_TILES,
+        description="with `temperature`: image or tile k samples with seed + k (drawn when absent)",
+    )
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS,
+        ge=32 * 32,
+        le=4096 * 4096,
+        description="each image or tile is scaled down to at most this many pixels (a bound on "
+        "its visual tokens: one per 28x28 px on Qwen2.5-VL)",
+    )
+    tiles: TileSource | None = Field(
+        default=None,
+        description="tile mode: caption the tiles of `image` upscaled by `tiles.scale`",
+    )
+
+
+class CaptionInputs(CaptionOptions):
+    """The images: `images` (images mode) or one `image` with `tiles` (tile mode)."""
+
+    images: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_IMAGES,
+        validate_default=True,
+        description="images mode: up to 64 images (base64 or http(s) URLs over the API)",
+    )
+    image: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="tile mode: the image whose upscaled tiles are captioned",
+    )
+
+    @field_validator("images")
+    @classmethod
+    def _images_in_images_mode(cls, images: list[str], info: ValidationInfo) -> list[str]:
+        tiled = info.data.get("tiles") is not None
+        if not tiled and not images:
+            raise ValueError("must hold at least one image (or give `image` and `tiles`)")
+        if tiled and images:
+            raise ValueError("tile mode captions one `image`: leave `images` out")
+        return images
+
+    @field_validator("image")
+    @classmethod
+    def _image_in_tile_mode(cls, image: str | None, info: ValidationInfo) -> str | None:
+        tiled = info.data.get("tiles") is not None
+        if tiled and image is None:
+            raise ValueError("tile mode (`tiles`) needs the image to cut")
+        if not tiled and image is not None:
+            raise ValueError("goes with `tiles` (tile mode); for whole images use `images`")
+        return image
+
+
+class CaptionRequest(CaptionInputs):
+    """A caption job: images (or the image) are blobs ('sha256:<hex>')."""
+
+
+def captioner(store: ModelStore, model_id: str) -> ModelManifest:
+    """The captioner `model_id`.
+
+    Raises:
+        NotFound: no such model (naming `model` and the captioners there are).
+        InvalidInput: `model_id` is another kind of model.
+    """
+    if store.exists(model_id, "captioner"):
+        return store.get(model_id, "captioner", field="model")
+    other = next((k for k in KINDS if store.exists(model_id, k)), None)
+    if other is not None:
+        raise InvalidInput(
+            f"`model` must be a captioner but {model_id!r} is a {other}", field="model"
+        )
+    known = ", ".join(m.id for m in store.list("captioner")) or "none"
+    raise NotFound(
+        f"`model` {model_id!r} is no captioner in the store (captioners: {known}; import one "
+        "with `assetbox models import DIR`)",
+        field="model",
+    )
+
+
+class CaptionPlanner:
+    kind = "caption"
+    request_model = CaptionRequest
+
+    # -- at submit ------------------------------------------------------------------------------
+
+    def check(self, request: BaseModel, data_dir: Path) -> None:
+        """Raises NotFound/InvalidInput naming the field; nothing is queued then."""
+        assert isinstance(request, CaptionRequest)
+        captioner(ModelStore(data_dir / "models"), request.model)
+        if request.tiles is None:
+            for n, ref in enumerate(request.images):
+                field = f"images.{n}"
+                verify_image(blob_path(data_dir, ref, field=field).read_bytes(), field=field)
+            return
+        assert request.image is not None
+        _, width, height = verify_image(blob_path(data_dir, request.image).read_bytes())
+        tile_plan(width, height, request.tiles)
+        check_source(request.tiles, data_dir)
+
+    def fill(self, request: BaseModel) -> BaseModel:
+        """A sampled request without a seed gets one, drawn once and stored with the job."""
+        assert isinstance(request, CaptionRequest)
+        if not request.temperature or request.seed is not None:
+            return request
+        return request.model_copy(update={"seed": secrets.randbelow(MAX_SEED - MAX_TILES)})
+
+    # -- the planner ----------------------------------------------------------------------------
+
+    def _items(self, request: CaptionRequest, data_dir: Path, cache: dict[str, Any]) -> list[Any]:
+        """Image indices (images mode) or tile ids (tile mode), in output order."""
+        if request.tiles is None:
+            return list(range(len(request.images)))
+        assert request.image is not None
+        rgb = self._rgb(request.image, data_dir, cache, "image")
+        return [tile.id for tile in tile_plan(rgb.shape[1], rgb.shape[0], request.tiles)]
+
+    def plan(self, request: BaseModel, data_dir: Path) -> list[dict[str, Any]]:
+        assert isinstance(request, CaptionRequest)
+        captioner(ModelStore(data_dir / "models"), request.model)  # deleted since submit?
+        items = self._items(request, data_dir, {})
+        return [
+            {"first": i, "items": items[i : i + request.batch]}
+            for i in range(0, len(items), request.batch)
+        ]
+
+    @staticmethod
+    def _rgb(ref: str, data_dir: Path, cache: dict[str, Any], field: str) -> np.ndarray:
+        key = f"caption-image:{ref}"
+        if key not in cache:
+            for old in [k for k in cache if k.startswith("caption-image:")][-7:]:
+                del cache[old]  # a batch's worth of decoded images is enough
+            rgb = decode_image(blob_path(data_dir, ref).read_bytes(), field=field).rgb
+            if rgb.dtype != np.uint8:  # 16-bit input: the captioner takes 8 bits
+                rgb = np.rint(rgb / 257).astype(np.uint8)
+            cache[key] = rgb
+        return cache[key]
+
+    def _pixels(self, request: CaptionRequest, items: list[Any], ctx: UnitContext) -> list:
+        if request.tiles is None:
+            return [
+                self._rgb(request.images[i], ctx.data_dir, ctx.cache, f"images.{i}") for i in items
+            ]
+        assert request.image is not None
+        rgb = self._rgb(request.image, ctx.data_dir, ctx.cache, "image")
+        plan = tile_plan(rgb.shape[1], rgb.shape[0], request.tiles)
+        key = f"pre-upscaled:{request.image}:{request.tiles.model_dump_json()}"
+        big = pre_upscaled(rgb, request.tiles, ctx, key=key)
+        return [np.ascontiguousarray(extract_tile(big, plan.tile(tile_id))) for tile_id in items]
+
+    def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
+        from assetbox.pipelines.caption import caption, estimate_captioner_bytes, load_captioner
+
+        assert isinstance(request, CaptionRequest)
+        store = ModelStore(ctx.data_dir / "models")
+        manifest = captioner(store, request.model)
+        folder = store.path(manifest.id, "captioner") / TRANSFORMERS_DIR
+        pixels = self._pixels(request, payload["items"], ctx)
+        with ctx.models.lease(
+            f"captioner:{manifest.id}:{manifest.sha256[:12]}",
+            lambda: load_captioner(folder),
+            estimate=estimate_captioner_bytes(folder),
+        ) as model:
+            captions = caption(
+                model,
+                pixels,
+                system_prompt=request.system_prompt,
+                prompt=request.prompt,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                seed=None if request.seed is None else request.seed + int(payload["first"]),
+                max_pixels=request.max_pixels,
+                report_token=ctx.report_step,
+                should_stop=ctx.should_stop,
+            )
+        return json.dumps([{"caption": c.text, "tokens": c.tokens} for c in captions]).encode()
+
+    def assemble(
+        self, request: BaseModel, results: Sequence[bytes], data_dir: Path
+    ) -> list[AssembledOutput]:
+        assert isinstance(request, CaptionRequest)
+        units = self.plan(request, data_dir)
+        captions: list[dict[str, Any]] = []
+        summary: dict[str, Any] = {}
+        plan = None
+        if request.tiles is not None:
+            assert request.image is not None
+            _, width, height = verify_image(blob_path(data_dir, request.image).read_bytes())
+            plan = tile_plan(width, height, request.tiles)
+            summary.update(width=plan.width, height=plan.height, rows=plan.rows, cols=plan.cols)
+        for unit, data in zip(units, results, strict=True):
+            for item, found in zip(unit["items"], json.loads(data), strict=True):
+                if plan is None:
+                    captions.append({"index": item, **found})
+                else:
+                    tile = plan.tile(item)
+                    box = [tile.x, tile.y, tile.width, tile.height]
+                    captions.append({"id": item, "box": box, **found})
+        summary["captions"] = captions
+        return [
+            AssembledOutput(
+                data=json.dumps(summary, indent=1).encode(),
+                media_type="application/json",
+                extension="json",
+                summary=summary,
+            )
+        ]

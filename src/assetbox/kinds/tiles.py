@@ -1,0 +1,152 @@
+"""What the tile kinds share: the output's tile plan and the pre-upscaled image it is cut from.
+
+The caption job's tile mode, `POST /v1/upscale/plan` and the tiled diffusion upscale all take the
+grid from `tile_plan`, so a tile id (``"row_col"``) and its box mean the same everywhere. The grid
+covers the *output* (the input scaled by `scale`); its tiles are cut from the input pre-upscaled
+to that size, by an upscaler from the store (a GAN, then Lanczos to the exact size) or by Lanczos
+alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from assetbox.config import get_settings
+from assetbox.engine.planners import UnitContext
+from assetbox.errors import InvalidInput
+from assetbox.imaging import TilePlan
+from assetbox.imaging.resize import resize_lanczos
+from assetbox.kinds.upscale import open_upscaler, upscaler
+from assetbox.models.builtin import DEFAULT_UPSCALER
+from assetbox.models.store import ModelStore
+from assetbox.pipelines.upscale_gan import (
+    TileSettings,
+    choose_engine,
+    preferred_tile,
+    upscale_image,
+)
+
+LANCZOS = "lanczos"
+MAX_TILES = 4096  # 16K at 256 px tiles; beyond that a plan is a mistake, not a request
+
+
+class TileGrid(BaseModel):
+    """The grid over the output: tile size and least overlap in output pixels."""
+
+    scale: float = Field(default=2, ge=1, le=8, description="output size = input size x scale")
+    tile: int = Field(default=1024, ge=64, le=4096, description="tile side, output pixels")
+    overlap: int = Field(
+        default=128, ge=0, le=2048, description="least overlap of neighbours, output pixels"
+    )
+
+
+class TileSource(TileGrid):
+    """The grid, and how the input reaches the output's size before tiles are cut."""
+
+    pre_upscale: str = Field(
+        default=DEFAULT_UPSCALER,
+        description="store id of an upscaler (a built-in one by default), or 'lanczos'",
+    )
+
+
+def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The output's size: each side scaled and rounded (at least 1 pixel)."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def tile_plan(width: int, height: int, grid: TileGrid, *, field: str = "tiles") -> TilePlan:
+    """The plan of the output of a `width` x `height` input scaled by ``grid.scale``.
+
+    Raises:
+        InvalidInput: an output over the pixel limit, an overlap that leaves no stride, or more
+            than MAX_TILES tiles (naming ``<field>.<setting>``, or the setting alone when
+            `field` is empty).
+    """
+
+    def name(setting: str) -> str:
+        return f"{field}.{setting}" if field else setting
+
+    out_w, out_h = output_size(width, height, grid.scale)
+    limit = get_settings().max_image_pixels
+    if out_w * out_h > limit:
+        raise InvalidInput(
+            f"`{name('scale')}` {grid.scale} makes the {width}x{height} input {out_w}x{out_h} = "
+            f"{out_w * out_h} pixels; the limit is {limit} (ASSETBOX_MAX_IMAGE_PIXELS)",
+            field=name("scale"),
+        )
+    try:
+        plan = TilePlan.for_image(out_w, out_h, grid.tile, grid.overlap)
+    except InvalidInput as exc:
+        setting = exc.field if exc.field in ("tile", "overlap") else "tile"
+        raise InvalidInput(exc.message, field=name(setting)) from exc
+    if len(plan) > MAX_TILES:
+        raise InvalidInput(
+            f"`{name('tile')}` {grid.tile} cuts the {out_w}x{out_h} output into {len(plan)} tiles; "
+            f"at most {MAX_TILES}: use larger tiles",
+            field=name("tile"),
+        )
+    return plan
+
+
+def check_source(source: TileSource, data_dir: Path, *, field: str = "tiles") -> None:
+    """The pre-upscaler exists and is an upscaler (a built-in one is converted now).
+
+    Raises:
+        NotFound, InvalidInput: naming ``<field>.pre_upscale``.
+    """
+    if source.pre_upscale != LANCZOS:
+        upscaler(ModelStore(data_dir / "models"), source.pre_upscale, field=f"{field}.pre_upscale")
+
+
+def pre_upscaled(
+    rgb: np.ndarray, source: TileSource, ctx: UnitContext, *, key: str, field: str = "tiles"
+) -> np.ndarray:
+    """`rgb` at the output's size, kept in the worker's scratch under `key` (the units of a job
+    that run on the same worker cut their tiles from one pre-upscale).
+
+    A GAN runs at its native scale; Lanczos then reaches the exact output size.
+    """
+    cached = ctx.cache.get(key)
+    if cached is not None:
+        return cached
+    for old in [k for k in ctx.cache if k.startswith("pre-upscaled:")]:
+        del ctx.cache[old]  # one pre-upscaled image per worker: they are large
+    height, width = rgb.shape[:2]
+    size = output_size(width, height, source.scale)
+    if source.pre_upscale == LANCZOS:
+        out = resize_lanczos(rgb, size)
+    else:
+        manifest = upscaler(
+            ModelStore(ctx.data_dir / "models"), source.pre_upscale, field=f"{field}.pre_upscale"
+        )
+        engine = choose_engine("auto", list(manifest.engines))
+        settings = TileSettings(tile=preferred_tile(engine), context=manifest.context)
+        with open_upscaler(manifest, engine, ctx) as backend:
+            result = upscale_image(
+                backend,
+                rgb,
+                None,
+                settings=settings,
+                progress=lambda done, total: ctx.report_step(done, total),
+                should_stop=ctx.should_stop,
+            )
+        out = resize_lanczos(result.rgb, size)
+    ctx.cache[key] = out
+    return out
+
+
+def plan_json(plan: TilePlan) -> dict[str, Any]:
+    """The plan as the API shows it: the output's size and each tile's id and box."""
+    return {
+        "width": plan.width,
+        "height": plan.height,
+        "rows": plan.rows,
+        "cols": plan.cols,
+        "tiles": [
+            {"id": tile.id, "box": [tile.x, tile.y, tile.width, tile.height]} for tile in plan
+        ],
+    }
