@@ -17,7 +17,7 @@ from assetbox.kinds import PLANNERS
 from assetbox.logs import get_logger
 from assetbox.server import auth, docs, errors
 from assetbox.server.metrics import CONTENT_TYPE, Metrics
-from assetbox.server.routers import diffusion, health, jobs, models, upscale
+from assetbox.server.routers import caption, diffusion, health, jobs, models, upscale
 
 log = get_logger("http")
 
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         body = request.app.state.metrics.render(request.app.state.engine)
         return Response(body, media_type=CONTENT_TYPE)
 
-    for router in (health.router, upscale.router, diffusion.router, jobs.router, models.router):
+    routers = (health, upscale, diffusion, caption, jobs, models)
+    for router in (module.router for module in routers):
         app.include_router(router)
     return app

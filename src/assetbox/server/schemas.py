@@ -15,6 +15,7 @@ from assetbox.engine.jobs import (
     UploadOutcome,
     WebhookOutcome,
 )
+from assetbox.kinds.caption import CaptionInputs
 from assetbox.kinds.diffusion import GenerateOptions
 from assetbox.kinds.edit import EditOptions
 from assetbox.kinds.upscale import UpscaleOptions
@@ -56,6 +57,40 @@ class UpscaleCreate(JobCreate, UpscaleOptions):
     def options(self) -> dict:
         """The engine request's fields (without the image)."""
         return self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)
+
+
+class CaptionCreate(JobCreate, CaptionInputs):
+    """``POST /v1/caption``: `images` (base64 or http(s) URLs) → one caption each, or one
+    `image` with `tiles` → one caption per tile of its upscaled plan."""
+
+    def options(self) -> dict:
+        """The engine request's fields; the images' places are kept for their blobs."""
+        return self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)
+
+
+class UpscalePlanCreate(BaseModel):
+    """``POST /v1/upscale/plan``: the input's size and the grid over its upscaled output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(ge=1, le=1 << 20, description="the input's width")
+    height: int = Field(ge=1, le=1 << 20, description="the input's height")
+    scale: float = Field(default=2, ge=1, le=8)
+    tile: int = Field(default=1024, ge=64, le=4096)
+    overlap: int = Field(default=128, ge=0, le=2048)
+
+
+class TilePublic(BaseModel):
+    id: str = Field(description="'row_col'")
+    box: list[int] = Field(description="[x, y, width, height] in output pixels")
+
+
+class UpscalePlanPublic(BaseModel):
+    width: int = Field(description="the output's width")
+    height: int = Field(description="the output's height")
+    rows: int
+    cols: int
+    tiles: list[TilePublic]
 
 
 class GenerateCreate(JobCreate, GenerateOptions):

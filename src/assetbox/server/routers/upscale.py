@@ -1,4 +1,5 @@
-"""``POST /v1/upscale``: an image as base64 JSON, an http(s) URL or a multipart file."""
+"""``POST /v1/upscale``: an image as base64 JSON, an http(s) URL or a multipart file; and
+``POST /v1/upscale/plan``: the tile grid of an upscale, at once, without a job."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
+from assetbox.kinds.tiles import TileGrid, plan_json, tile_plan
 from assetbox.server.deps import EngineDep
-from assetbox.server.schemas import UpscaleCreate
+from assetbox.server.schemas import UpscaleCreate, UpscalePlanCreate, UpscalePlanPublic
 from assetbox.server.submit import (
     image_inputs,
     is_multipart,
@@ -43,3 +45,12 @@ async def create_upscale(
     return await submit_job(
         engine, "upscale", body, body.options(), images, prefer, idempotency_key
     )
+
+
+@router.post("/upscale/plan", response_model=UpscalePlanPublic)
+def upscale_plan(body: UpscalePlanCreate) -> dict:
+    """The output's size (`width` x `height` scaled by `scale`, rounded) and its grid of
+    equal tiles: ids ``row_col`` and boxes ``[x, y, w, h]`` in output pixels, the same plan the
+    caption job's tile mode and the tiled upscale use."""
+    grid = TileGrid(scale=body.scale, tile=body.tile, overlap=body.overlap)
+    return plan_json(tile_plan(body.width, body.height, grid, field=""))

@@ -1,0 +1,188 @@
+"""`POST /v1/caption` and `POST /v1/upscale/plan` with a tiny random Qwen2.5-VL captioner."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from assetbox.config import Settings
+from assetbox.models.importer import import_model
+from assetbox.models.store import ModelStore
+from assetbox.server import create_app
+from tests.utils.images import photo
+
+WAIT = {"Prefer": "wait=300"}
+MODEL = "tiny-qwen2_5_vl"
+
+
+@pytest.fixture(scope="module")
+def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from assetbox.testing.tiny_models import write
+
+    out = tmp_path_factory.mktemp("tiny-captioner")
+    write("qwen2_5_vl", out)
+    return out / MODEL
+
+
+@pytest.fixture
+def client(captioner_dir: Path, builtin_store: ModelStore, tmp_path: Path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(builtin_store.root, data_dir / "models")  # the pre-upscaler, converted
+    import_model(ModelStore(data_dir / "models"), captioner_dir)
+    # No result reuse: the same request twice must compute its captions twice.
+    settings = Settings(data_dir=data_dir, workers=1, reuse_results=False, cancel_grace_s=600)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def photos() -> list[str]:
+    """Real photos of different sizes (so a batch needs padding)."""
+    return [
+        png(photo("astronaut")[:200, :160]),
+        png(photo("chelsea")[:120, :220]),
+        png(photo("coffee")[:90, :90]),
+        png(photo("astronaut")[200:400:2, 100:400:2]),
+    ]
+
+
+def captions(client: TestClient, body: dict) -> list[dict]:
+    job = client.post("/v1/caption", json=body, headers=WAIT).json()
+    assert job["status"] == "succeeded", job
+    found = job["result"]["captions"]
+    assert client.get(job["outputs"][0]["url"]).json()["captions"] == found  # captions.json
+    return found
+
+
+def test_images_get_one_caption_each_deterministic_and_batch_independent(client) -> None:
+    images = photos()
+    three = captions(client, {"model": MODEL, "images": images[:3], "max_tokens": 24})
+    assert [c["index"] for c in three] == [0, 1, 2]
+    assert all(c["caption"].strip() and "\n" not in c["caption"] for c in three)
+    assert all(1 <= c["tokens"] <= 24 for c in three)
+    assert captions(client, {"model": MODEL, "images": images[:3], "max_tokens": 24}) == three
+
+    one = captions(client, {"model": MODEL, "images": images, "max_tokens": 24, "batch": 1})
+    four = captions(client, {"model": MODEL, "images": images, "max_tokens": 24, "batch": 4})
+    assert [c["caption"] for c in four] == [c["caption"] for c in one]  # padding is right
+    assert one[:3] == three
+    assert len({c["caption"] for c in one}) > 1  # the captions depend on the image
+
+
+def test_tile_mode_matches_the_upscale_plan(client) -> None:
+    small = np.asarray(Image.fromarray(photo("chelsea")).resize((300, 200), Image.LANCZOS))
+    grid = {"scale": 4, "tile": 256, "overlap": 64}
+    plan = client.post("/v1/upscale/plan", json={"width": 300, "height": 200, **grid})
+    assert plan.status_code == 200
+    plan = plan.json()
+    assert (plan["width"], plan["height"]) == (1200, 800)
+    assert len(plan["tiles"]) == plan["rows"] * plan["cols"] > 1
+
+    body = {"model": MODEL, "image": png(small), "tiles": grid, "max_tokens": 8}
+    job = client.post("/v1/caption", json=body, headers=WAIT).json()  # GAN pre-upscale
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert (result["width"], result["height"]) == (1200, 800)
+    assert [(c["id"], c["box"]) for c in result["captions"]] == [
+        (t["id"], t["box"]) for t in plan["tiles"]
+    ]
+    assert all(c["caption"] for c in result["captions"])
+    assert len({c["caption"] for c in result["captions"]}) > 1  # each tile its own caption
+
+
+def test_cancel_stops_between_tokens(client) -> None:
+    # Sixteen images in one batch, captions of up to 1024 tokens: a unit of several seconds.
+    body = {"model": MODEL, "images": photos() * 4, "batch": 16, "max_tokens": 1024}
+    job = client.post("/v1/caption", json=body).json()
+    deadline = time.monotonic() + 120
+    while client.get(f"/v1/jobs/{job['id']}").json()["progress"]["step"] < 2:
+        assert time.monotonic() < deadline, "no token was generated"
+        time.sleep(0.02)
+    cancelled_at = time.monotonic()
+    answer = client.post(f"/v1/jobs/{job['id']}/cancel", headers={"Prefer": "wait=60"})
+    ended = client.get(f"/v1/jobs/{job['id']}").json()
+    assert ended["status"] == "cancelled", answer.json()
+    # cancel_grace_s is 600: only a unit that stopped by itself ends the job this soon.
+    assert time.monotonic() - cancelled_at < 60
+    assert ended["progress"]["step"] < 1024
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"model": "no-such", "images": ["IMG"]}, 404, "model"),
+        ({"model": "realesrgan-x4plus", "images": ["IMG"]}, 422, "model"),
+        ({"images": ["IMG"]}, 422, "model"),
+        ({"model": MODEL, "images": []}, 422, "images"),
+        ({"model": MODEL}, 422, "images"),
+        ({"model": MODEL, "images": ["IMG"], "max_tokens": 0}, 422, "max_tokens"),
+        ({"model": MODEL, "images": ["IMG"], "max_tokens": 5000}, 422, "max_tokens"),
+        ({"model": MODEL, "images": ["IMG"], "batch": 0}, 422, "batch"),
+        ({"model": MODEL, "images": ["IMG"], "image": "IMG"}, 422, "image"),
+        ({"model": MODEL, "image": "IMG", "tiles": {"overlap": 2000}}, 422, "tiles.overlap"),
+        ({"model": MODEL, "image": "IMG", "tiles": {"tile": 32}}, 422, "tiles.tile"),
+        ({"model": MODEL, "image": "IMG", "tiles": {"scale": 9}}, 422, "tiles.scale"),
+        (
+            {"model": MODEL, "image": "IMG", "tiles": {"tile": 256, "overlap": 256}},
+            422,
+            "tiles.overlap",
+        ),
+        ({"model": MODEL, "image": "IMG", "tiles": {"tile": 5000}}, 422, "tiles.tile"),
+        (
+            {"model": MODEL, "image": "IMG", "tiles": {"pre_upscale": "nope"}},
+            404,
+            "tiles.pre_upscale",
+        ),
+        (
+            {"model": MODEL, "image": "IMG", "tiles": {"pre_upscale": MODEL}},
+            422,
+            "tiles.pre_upscale",
+        ),
+        ({"model": MODEL, "images": ["bm90IGFuIGltYWdl"]}, 415, "images.0"),
+    ],
+)
+def test_bad_requests_name_the_field_and_queue_nothing(client, body, status, field) -> None:
+    image = png(photo("coffee")[:160, :240])
+    body = {
+        key: (
+            image
+            if value == "IMG"
+            else [image if v == "IMG" else v for v in value]
+            if isinstance(value, list)
+            else value
+        )
+        for key, value in body.items()
+    }
+    response = client.post("/v1/caption", json=body)
+    assert response.status_code == status, response.json()
+    assert response.json()["field"] == field, response.json()
+    assert client.get("/v1/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"width": 100, "height": 100, "tile": 256, "overlap": 256}, "overlap"),
+        ({"width": 0, "height": 100}, "width"),
+        ({"width": 100, "height": 100, "scale": 0.5}, "scale"),
+        ({"width": 100_000, "height": 100_000, "scale": 8}, "scale"),
+        ({"width": 2000, "height": 2000, "scale": 8, "tile": 64, "overlap": 0}, "tile"),
+    ],
+)
+def test_a_plan_that_does_not_fit_is_refused(client, body, field) -> None:
+    response = client.post("/v1/upscale/plan", json=body)
+    assert response.status_code == 422, response.json()
+    assert response.json()["field"] == field
