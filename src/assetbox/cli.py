@@ -350,7 +350,12 @@ def _run_remote(server, kind, request, images, key, fields) -> tuple[str, list[_
                 error = job.get("error") or {"code": job["status"], "message": job["status"]}
                 raise _job_error(job["id"], job["status"], error["code"], error["message"])
             return job["id"], [
-                _Output(api.output(job["id"], o["index"]), o["width"], o["height"], o.get("seed"))
+                _Output(
+                    api.output(job["id"], o["index"]),
+                    o.get("width"),
+                    o.get("height"),
+                    o.get("seed"),
+                )
                 for o in job["outputs"]
             ]
     except ApiError as exc:
@@ -550,6 +555,97 @@ def edit(
         _run_diffusion("edit", fields, lora, images, output, server, as_json)
     except AssetboxError as exc:
         raise _fail(exc, as_json) from exc
+
+
+@app.command("caption", cls=_JsonCommand)
+def caption(
+    images: Annotated[list[Path], typer.Argument(help="Images to caption (PNG, JPEG or WebP).")],
+    model: Annotated[str, typer.Option(help="Captioner id (assetbox models list).")],
+    tiles: Annotated[
+        bool,
+        typer.Option(
+            "--tiles", help="Caption the tiles of ONE image's upscale plan instead of images."
+        ),
+    ] = False,
+    scale: Annotated[float, typer.Option(help="--tiles: the upscale's factor.")] = 2,
+    tile: Annotated[int, typer.Option(help="--tiles: tile side in output px.")] = 1024,
+    overlap: Annotated[int, typer.Option(help="--tiles: least overlap in output px.")] = 128,
+    pre_upscale: Annotated[
+        str, typer.Option(help="--tiles: upscaler id or 'lanczos'.")
+    ] = "realesrgan-x4plus",
+    prompt: Annotated[str | None, typer.Option(help="The question to the model.")] = None,
+    system_prompt: Annotated[
+        str | None, typer.Option(help="(default: one tuned for diffusion prompts)")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest caption in tokens.")] = None,
+    batch: Annotated[int, typer.Option(help="Images or tiles per forward pass.")] = 8,
+    server: _Server = None,
+    as_json: _Json = False,
+) -> None:
+    """Describe images with a vision-language model (a table; --json for one JSON object).
+    With --tiles, one caption per tile of the image's upscale plan (ids as `assetbox tiles`)."""
+    from pydantic import ValidationError
+
+    from assetbox.kinds.caption import CaptionRequest
+
+    try:
+        request: dict = {"model": model, "batch": batch}
+        for name, value in (
+            ("prompt", prompt),
+            ("system_prompt", system_prompt),
+            ("max_tokens", max_tokens),
+        ):
+            if value is not None:
+                request[name] = value
+        if tiles:
+            if len(images) != 1:
+                raise InvalidInput(
+                    f"--tiles captions the tiles of one image, not {len(images)}", field="images"
+                )
+            grid = {"scale": scale, "tile": tile, "overlap": overlap, "pre_upscale": pre_upscale}
+            request |= {"image": "-", "tiles": grid}
+            inputs = {"image": _read_input(images[0], "image")}
+        else:
+            request["images"] = ["-"] * len(images)
+            inputs = {
+                f"images.{n}": _read_input(path, f"images.{n}") for n, path in enumerate(images)
+            }
+        try:
+            CaptionRequest(**request)  # bad options fail here, before any job exists
+        except ValidationError as exc:
+            raise InvalidInput.from_validation(exc) from exc
+        job_id, (result,) = _run_job("caption", request, inputs, server, progress="units")
+        found = json.loads(result.data)
+    except AssetboxError as exc:
+        raise _fail(exc, as_json) from exc
+    if as_json:
+        _echo_json({"job_id": job_id, "status": "succeeded", **found})
+        return
+    _caption_table(found, [str(path) for path in images], tiles)
+
+
+def _caption_table(found: dict, names: list[str], tiles: bool) -> None:
+    from rich.table import Table
+
+    console = Console()
+    if tiles:
+        title = f"{names[0]} at {found['width']}x{found['height']}: {len(found['captions'])} tiles"
+        table = Table(title=title, show_lines=True)
+        table.add_column("tile")
+        table.add_column("box (x, y, w, h)")
+    else:
+        table = Table(show_lines=True)
+        table.add_column("image")
+    table.add_column("caption")
+    table.add_column("tokens", justify="right")
+    for entry in found["captions"]:
+        caption_text, tokens = entry["caption"], str(entry["tokens"])
+        if tiles:
+            box = ", ".join(map(str, entry["box"]))
+            table.add_row(entry["id"], box, caption_text, tokens)
+        else:
+            table.add_row(names[entry["index"]], caption_text, tokens)
+    console.print(table)
 
 
 GRACEFUL_SHUTDOWN_S = 2  # for open HTTP connections, before the engine stops

@@ -86,6 +86,26 @@ class Client:
             headers["Idempotency-Key"] = idempotency_key
         return self._json(self._http.post(f"/v1/{kind}", json=payload, headers=headers))
 
+    def caption(self, images: list[bytes | str], **options: Any) -> dict[str, Any]:
+        """Submit a caption job for whole images (bytes or http(s) URLs); `options`: model,
+        system_prompt, prompt, max_tokens, batch, ... plus `wait` and `idempotency_key`. The
+        captions are in the finished job's ``result``."""
+        encoded = [i if isinstance(i, str) else base64.b64encode(i).decode() for i in images]
+        return self.submit("caption", images=encoded, **options)
+
+    def caption_tiles(
+        self, image: bytes | str, tiles: dict[str, Any], **options: Any
+    ) -> dict[str, Any]:
+        """Submit a caption job for the tiles of `image`'s upscale plan (`tiles`: scale, tile,
+        overlap, pre_upscale); one caption per tile id in the finished job's ``result``."""
+        return self.submit("caption", image, tiles=tiles, **options)
+
+    def upscale_plan(self, width: int, height: int, **grid: Any) -> dict[str, Any]:
+        """The tile grid of an upscale of a `width` x `height` image (scale, tile, overlap):
+        the output's size and each tile's id and box, without a job."""
+        body = {"width": width, "height": height, **grid}
+        return self._json(self._http.post("/v1/upscale/plan", json=body))
+
     def upscale(self, image: bytes | str, **options: Any) -> dict[str, Any]:
         """Submit an upscale; `options` are the request's fields (model, scale, tile, overlap,
         format, response_format, webhook_url, ...) plus `wait` and `idempotency_key`."""
