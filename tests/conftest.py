@@ -46,6 +46,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_captioners(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny random captioners by family (`tiny-qwen2_5_vl`, `tiny-qwen3_vl` transformers
+    folders), written once per session."""
+    from assetbox.testing.tiny_models import CAPTIONER_FAMILIES, write_captioner
+
+    out = tmp_path_factory.mktemp("tiny-captioners")
+    return {f: write_captioner(f, out / f"tiny-{f}") for f in CAPTIONER_FAMILIES}
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run far faster on one thread than on two contended ones."""

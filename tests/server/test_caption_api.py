@@ -23,13 +23,9 @@ WAIT = {"Prefer": "wait=300"}
 MODEL = "tiny-qwen2_5_vl"
 
 
-@pytest.fixture(scope="module")
-def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from assetbox.testing.tiny_models import write
-
-    out = tmp_path_factory.mktemp("tiny-captioner")
-    write("qwen2_5_vl", out)
-    return out / MODEL
+@pytest.fixture
+def captioner_dir(tiny_captioners: dict[str, Path]) -> Path:
+    return tiny_captioners["qwen2_5_vl"]
 
 
 @pytest.fixture
