@@ -210,6 +210,18 @@ def test_sampling_repeats_with_its_seed_and_image_k_uses_seed_plus_k(
     assert first == alone
 
 
+def test_threads_sharing_a_captioner_get_their_own_captions(captioner: Captioner) -> None:
+    """generate() keeps per-call state on the model (Qwen's rope deltas); calls from several
+    threads (worker threads may share a cached captioner) still get their own captions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [tiles()[:1], tiles()[1:], tiles()[:1], tiles()[1:]]
+    expected = [caption(captioner, images, max_tokens=16) for images in requests]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda images: caption(captioner, images, max_tokens=16), requests))
+    assert results == expected
+
+
 def test_report_token_is_called_once_per_generated_token(captioner: Captioner) -> None:
     calls: list[tuple[int, int]] = []
     captions = caption(

@@ -14,7 +14,7 @@ The model cache holds captioners as it holds diffusion checkpoints::
         f"captioner:{manifest.id}:{manifest.sha256[:12]}",
         lambda: load_captioner(folder),
         estimate=estimate_captioner_bytes(folder),
-        exclusive=True,  # generate() keeps per-call state (rope deltas) on the model
+        exclusive=True,  # one caption call at a time anyway (see Captioner)
     ) as captioner:
         captions = caption(captioner, tiles, report_token=..., should_stop=ctx.should_stop)
 
@@ -32,8 +32,9 @@ import json
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,20 @@ class Caption:
 
 @dataclass
 class Captioner:
-    """A loaded vision-language model and its image-only processor."""
+    """A loaded vision-language model and its image-only processor.
+
+    `caption` runs one call at a time per captioner (`lock`): generate() keeps per-call state
+    on the model (Qwen's ``rope_deltas``, its batch's position offsets). transformers 5.23 reads
+    it back only at the start of the call that set it, so threads sharing a model do not mix
+    positions today (tests/pipelines/test_caption.py), but nothing promises that; on one device
+    calls gain little from overlapping anyway.
+    """
 
     family: str
     model: Any
     processor: Any
     device: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -421,7 +430,7 @@ def caption(
 
     # 4. Generate, reporting each token and stopping when asked
     try:
-        with torch.inference_mode():
+        with captioner.lock, torch.inference_mode():
             sequences = model.generate(
                 **inputs,
                 generation_config=config,
