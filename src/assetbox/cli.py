@@ -707,14 +707,16 @@ def models_list() -> None:
     except AssetboxError as exc:
         raise _fail(exc) from exc
     table = Table(title=f"models in {store.root}")
-    for column in ("id", "kind", "architecture", "scale", "engines", "size", "source", "added"):
+    columns = ("id", "kind", "family", "architecture", "scale", "engines", "size", "source")
+    for column in (*columns, "added"):
         table.add_column(column, overflow="fold")
     for m in store.list():
         table.add_row(
             m.id,
             m.kind,
+            m.family or "",
             m.architecture,
-            f"x{m.scale}",
+            f"x{m.scale}" if m.kind == "upscaler" else "",
             ", ".join(m.engines),
             f"{m.size / 2**20:.1f} MiB",
             m.source,

@@ -132,9 +132,12 @@ def worker_cache(budget_bytes: int | None, *, share: int = 1, gpu_share: int = 1
 
 
 def forget_model(cache: ModelCache, model_id: str) -> None:
-    """Drop a model's idle entries (upscalers, checkpoints, ControlNets) from `cache`."""
-    for prefix in (f"{model_id}:", f"checkpoint:{model_id}:", f"controlnet:{model_id}:"):
-        cache.evict_matching(prefix)
+    """Drop a model's idle entries from `cache`. Kinds key what they load as
+    ``<id>:<sha>...`` or ``<role>:<id>:<sha>...`` (``checkpoint:``, ``captioner:``), so the id
+    is the key's first or second part, whichever kind loaded it."""
+    for key in cache.keys():  # noqa: SIM118 (a snapshot: a ModelCache is no dict)
+        if model_id in key.split(":")[:2]:
+            cache.evict(key)
 
 
 @dataclass

@@ -220,6 +220,7 @@ class CaptionPlanner:
             f"captioner:{manifest.id}:{manifest.sha256[:12]}",
             lambda: load_captioner(folder),
             estimate=estimate_captioner_bytes(folder),
+            exclusive=True,  # one generate at a time per loaded model
         ) as model:
             captions = caption(
                 model,

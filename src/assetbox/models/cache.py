@@ -280,10 +280,6 @@ class ModelCache:
         self._release(evicted)
         return True
 
-    def evict_matching(self, prefix: str) -> int:
-        """Drop the idle models whose keys start with `prefix`; returns how many went."""
-        return sum(self.evict(key) for key in self.keys() if key.startswith(prefix))
-
     def clear(self) -> None:
         """Drop every idle model."""
         for key in self.keys():
