@@ -133,3 +133,16 @@ def test_extract_tile_inside_is_a_view() -> None:
     image = np.zeros((64, 64, 3), np.uint8)
     tile = TilePlan.for_image(64, 64, 32, 8).tile("1_1")
     assert np.shares_memory(extract_tile(image, tile), image)
+
+
+@pytest.mark.parametrize("length", [256, 264, 1200, 2048, 8192, 16384, 1000, 777])
+@pytest.mark.parametrize(("tile", "overlap"), [(256, 64), (1024, 128), (512, 0), (128, 120)])
+def test_aligned_plans_start_on_the_grid_and_keep_the_overlap(length, tile, overlap) -> None:
+    plan = TilePlan.for_image(length, 64, tile, overlap, align=8)
+    if length > tile:
+        assert plan.xs[0] == 0 and plan.xs[-1] + tile == length
+        assert min(plan.seams("x")) >= overlap
+        if (length - tile) % 8 == 0:
+            assert all(x % 8 == 0 for x in plan.xs)
+            # no more tiles than needed at the largest aligned stride
+            assert len(plan.xs) == -(-(length - tile) // ((tile - overlap) // 8 * 8)) + 1

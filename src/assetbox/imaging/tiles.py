@@ -43,14 +43,19 @@ class Tile:
         return f"{self.row}_{self.col}"
 
 
-def _axis_starts(length: int, tile: int, overlap: int) -> list[int]:
+def _axis_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     if length <= tile:
         return [0]
-    stride = tile - overlap
-    count = math.ceil((length - tile) / stride) + 1
     span = length - tile
-    # Integer arithmetic: start_i = round(i * span / (count - 1)), exact and monotone.
-    return [(2 * i * span + (count - 1)) // (2 * (count - 1)) for i in range(count)]
+    if span % align:
+        align = 1  # the last tile must end at the border: no grid of `align` reaches it
+    # The largest step that keeps the overlap, in units of `align`.
+    stride = max(1, (tile - overlap) // align)
+    units = span // align
+    count = math.ceil(units / stride) + 1
+    # Integer arithmetic: start_i = round(i * units / (count - 1)) * align, exact and monotone,
+    # every step at most `stride` units.
+    return [align * ((2 * i * units + (count - 1)) // (2 * (count - 1))) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,12 @@ class TilePlan:
 
     @classmethod
     def for_image(
-        cls, width: int, height: int, tile: int | tuple[int, int], overlap: int
+        cls, width: int, height: int, tile: int | tuple[int, int], overlap: int, *, align: int = 1
     ) -> TilePlan:
         """The plan for an image of `width` x `height` with square (or ``(w, h)``) tiles.
+
+        With `align`, every tile starts at a multiple of it (e.g. 8, a VAE's factor, so that
+        tiles share the latent grid) wherever the axis allows: ``size - tile`` a multiple of it.
 
         Raises:
             InvalidInput: a non-positive size or tile, a negative overlap, or an overlap that
@@ -86,6 +94,8 @@ class TilePlan:
             raise InvalidInput(f"`tile` must be at least 1 but is {tile}", field="tile")
         if overlap < 0:
             raise InvalidInput(f"`overlap` must be 0 or more but is {overlap}", field="overlap")
+        if align < 1:
+            raise InvalidInput(f"`align` must be at least 1 but is {align}", field="align")
         if overlap >= min(tile_w, tile_h):
             raise InvalidInput(
                 f"`overlap` must be smaller than the tile ({min(tile_w, tile_h)}) but is {overlap}",
@@ -97,8 +107,8 @@ class TilePlan:
             tile_width=tile_w,
             tile_height=tile_h,
             overlap=overlap,
-            xs=tuple(_axis_starts(width, tile_w, overlap)),
-            ys=tuple(_axis_starts(height, tile_h, overlap)),
+            xs=tuple(_axis_starts(width, tile_w, overlap, align)),
+            ys=tuple(_axis_starts(height, tile_h, overlap, align)),
         )
 
     @property

@@ -2,9 +2,10 @@
 
 The caption job's tile mode, `POST /v1/upscale/plan` and the tiled diffusion upscale all take the
 grid from `tile_plan`, so a tile id (``"row_col"``) and its box mean the same everywhere. The grid
-covers the *output* (the input scaled by `scale`); its tiles are cut from the input pre-upscaled
-to that size, by an upscaler from the store (a GAN, then Lanczos to the exact size) or by Lanczos
-alone.
+covers the *output* (the input scaled by `scale`, each side rounded to a multiple of 8) and its
+tiles start on multiples of 8 where the axis allows; its tiles are cut from the input
+pre-upscaled to that size, by an upscaler from the store (a GAN, then Lanczos to the exact size)
+or by Lanczos alone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from assetbox.pipelines.upscale_gan import (
 
 LANCZOS = "lanczos"
 MAX_TILES = 4096  # 16K at 256 px tiles; beyond that a plan is a mistake, not a request
+# Tiles start on this grid (and outputs are multiples of it): a VAE's factor, so that tiles share
+# the latent grid and overlapping tiles can start from the same noise.
+LATENT = 8
 
 
 class TileGrid(BaseModel):
@@ -54,8 +58,11 @@ class TileSource(TileGrid):
 
 
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """The output's size: each side scaled and rounded (at least 1 pixel)."""
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    """The output's size: each side scaled and rounded to a multiple of LATENT (at least one),
+    the size every diffusion family's VAE takes."""
+    return tuple(  # type: ignore[return-value]
+        max(LATENT, round(side * scale / LATENT) * LATENT) for side in (width, height)
+    )
 
 
 def tile_plan(width: int, height: int, grid: TileGrid, *, field: str = "tiles") -> TilePlan:
@@ -79,7 +86,7 @@ def tile_plan(width: int, height: int, grid: TileGrid, *, field: str = "tiles") 
             field=name("scale"),
         )
     try:
-        plan = TilePlan.for_image(out_w, out_h, grid.tile, grid.overlap)
+        plan = TilePlan.for_image(out_w, out_h, grid.tile, grid.overlap, align=LATENT)
     except InvalidInput as exc:
         setting = exc.field if exc.field in ("tile", "overlap") else "tile"
         raise InvalidInput(exc.message, field=name(setting)) from exc
