@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,120 @@ def _checkpoint(request: GenerateOptions, data_dir: Path) -> ModelManifest:
     return _store(data_dir).get(request.model, "checkpoint", field="model")
 
 
+def check_family_options(
+    store: ModelStore,
+    manifest: ModelManifest,
+    sampler: str | None,
+    loras: Sequence[LoraRef],
+    negative_prompt: str | None,
+) -> None:
+    """The sampler, LoRAs and negative prompt suit the checkpoint's family.
+
+    Raises:
+        NotFound: a LoRA missing (naming ``loras.N.name``).
+        InvalidInput: a sampler of another family, a LoRA of another family, a negative prompt
+            for Flux.1 (naming the field).
+    """
+    from assetbox.pipelines.diffusion import samplers_for
+
+    family = manifest.family
+    assert family in FAMILIES
+    if sampler is not None and sampler not in samplers_for(family):
+        raise InvalidInput(
+            f"`sampler` must be one of {', '.join(samplers_for(family))} for {family}, "
+            f"not {sampler!r}",
+            field="sampler",
+        )
+    for n, lora in enumerate(loras):
+        found = store.get(lora.name, "lora", field=f"loras.{n}.name")
+        if found.family != family:
+            raise InvalidInput(
+                f"LoRA {lora.name!r} is for {found.family}, the checkpoint "
+                f"{manifest.id!r} is {family}",
+                field=f"loras.{n}.name",
+            )
+    if family == "flux1" and negative_prompt:
+        raise InvalidInput(
+            "`negative_prompt` has no effect on Flux.1 (guidance-distilled); leave it out",
+            field="negative_prompt",
+        )
+
+
+def check_controlnet(store: ModelStore, manifest: ModelManifest, model_id: str) -> None:
+    """The ControlNet exists and is of the checkpoint's family (naming ``controlnet.model``)."""
+    net = store.get(model_id, "controlnet", field="controlnet.model")
+    if net.family != manifest.family:
+        raise InvalidInput(
+            f"ControlNet {net.id!r} is for {net.family}, the checkpoint "
+            f"{manifest.id!r} is {manifest.family}",
+            field="controlnet.model",
+        )
+
+
+def lora_uses(store: ModelStore, loras: Sequence[LoraRef]) -> list[Any]:
+    """The pipelines' view of a request's LoRAs (file, adapter name, weight)."""
+    from assetbox.pipelines.diffusion import LoraUse
+
+    return [
+        LoraUse(
+            store.path(lora.name, "lora") / WEIGHTS_FILE,
+            _adapter_name(store.get(lora.name, "lora", field=f"loras.{n}.name")),
+            lora.weight,
+        )
+        for n, lora in enumerate(loras)
+    ]
+
+
+def checkpoint_key(manifest: ModelManifest) -> str:
+    return f"checkpoint:{manifest.id}:{manifest.sha256[:12]}"
+
+
+def checkpoint_lease(manifest: ModelManifest, ctx: UnitContext) -> AbstractContextManager[Any]:
+    """The checkpoint from the worker's model cache (loaded on first use), held exclusively:
+    schedulers and LoRA adapters are state, so one run at a time."""
+    from assetbox.config import get_settings
+    from assetbox.pipelines.diffusion import load_checkpoint
+
+    folder = _store(ctx.data_dir).path(manifest.id, "checkpoint")
+    family = manifest.family
+    assert family in FAMILIES
+    quantization = get_settings().quantization
+
+    def load():
+        if manifest.layout == "diffusers":
+            return load_checkpoint(
+                family,
+                folder=folder / DIFFUSERS_DIR,
+                budget_bytes=ctx.models.budget_bytes,
+                quantization=quantization,
+            )
+        return load_checkpoint(
+            family,
+            single_file=folder / WEIGHTS_FILE,
+            config=folder / CONFIG_DIR,
+            budget_bytes=ctx.models.budget_bytes,
+            quantization=quantization,
+        )
+
+    return ctx.models.lease(
+        checkpoint_key(manifest), load, estimate=files_bytes(folder), exclusive=True
+    )
+
+
+def controlnet_lease(model_id: str, family: str, ctx: UnitContext) -> AbstractContextManager[Any]:
+    """The ControlNet `model_id` from the worker's model cache (loaded on first use)."""
+    from assetbox.pipelines.diffusion import load_controlnet
+
+    store = _store(ctx.data_dir)
+    net = store.get(model_id, "controlnet", field="controlnet.model")
+    folder = store.path(net.id, "controlnet") / DIFFUSERS_DIR
+    return ctx.models.lease(
+        f"controlnet:{net.id}:{net.sha256[:12]}",
+        lambda: load_controlnet(family, folder),  # type: ignore[arg-type]
+        estimate=files_bytes(folder),
+    )
+
+
 class DiffusionPlanner:
     """What generate and edit share: checks against the store, one unit per prompt, the run.
 
@@ -137,7 +252,7 @@ class DiffusionPlanner:
 
     def check(self, request: BaseModel, data_dir: Path) -> None:
         """Raises NotFound/InvalidInput naming the field; nothing is queued then."""
-        from assetbox.pipelines.diffusion import SIZE_MULTIPLE, samplers_for
+        from assetbox.pipelines.diffusion import SIZE_MULTIPLE
 
         assert isinstance(request, GenerateOptions)
         store = _store(data_dir)
@@ -152,25 +267,9 @@ class DiffusionPlanner:
                     f"`{name}` must be a multiple of {multiple} for {family} but is {value}",
                     field=name,
                 )
-        if request.sampler is not None and request.sampler not in samplers_for(family):
-            raise InvalidInput(
-                f"`sampler` must be one of {', '.join(samplers_for(family))} for {family}, "
-                f"not {request.sampler!r}",
-                field="sampler",
-            )
-        for n, lora in enumerate(request.loras):
-            found = store.get(lora.name, "lora", field=f"loras.{n}.name")
-            if found.family != family:
-                raise InvalidInput(
-                    f"LoRA {lora.name!r} is for {found.family}, the checkpoint "
-                    f"{manifest.id!r} is {family}",
-                    field=f"loras.{n}.name",
-                )
-        if family == "flux1" and request.negative_prompt:
-            raise InvalidInput(
-                "`negative_prompt` has no effect on Flux.1 (guidance-distilled); leave it out",
-                field="negative_prompt",
-            )
+        check_family_options(
+            store, manifest, request.sampler, request.loras, request.negative_prompt
+        )
         images = len(request.prompts) * request.num_images_per_prompt
         if request.seed is not None and request.seed + images - 1 > MAX_SEED:
             raise InvalidInput(
@@ -217,15 +316,7 @@ class DiffusionPlanner:
         return ctx.cache[key]
 
     def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
-        from assetbox.config import get_settings
-        from assetbox.pipelines.diffusion import (
-            DEFAULT_SAMPLER,
-            LoraUse,
-            RunParams,
-            load_checkpoint,
-            load_controlnet,
-            run,
-        )
+        from assetbox.pipelines.diffusion import DEFAULT_SAMPLER, RunParams, run
 
         assert isinstance(request, GenerateOptions)
         started = time.perf_counter()
@@ -234,7 +325,6 @@ class DiffusionPlanner:
         family = manifest.family
         assert family in FAMILIES
         defaults = DEFAULTS[family]
-        folder = store.path(manifest.id, "checkpoint")
         params = RunParams(
             prompt=request.prompts[payload["prompt"]],
             negative_prompt=request.negative_prompt,
@@ -244,53 +334,17 @@ class DiffusionPlanner:
             guidance=request.guidance if request.guidance is not None else defaults["guidance"],
             seeds=payload["seeds"],
             sampler=request.sampler or DEFAULT_SAMPLER[family],
-            loras=[
-                LoraUse(
-                    store.path(lora.name, "lora") / WEIGHTS_FILE,
-                    _adapter_name(store.get(lora.name, "lora", field=f"loras.{n}.name")),
-                    lora.weight,
-                )
-                for n, lora in enumerate(request.loras)
-            ],
+            loras=lora_uses(store, request.loras),
         )
         net_ref = self._inputs(request, params, ctx)
-        quantization = get_settings().quantization
-
-        def load():
-            if manifest.layout == "diffusers":
-                return load_checkpoint(
-                    family,
-                    folder=folder / DIFFUSERS_DIR,
-                    budget_bytes=ctx.models.budget_bytes,
-                    quantization=quantization,
-                )
-            return load_checkpoint(
-                family,
-                single_file=folder / WEIGHTS_FILE,
-                config=folder / CONFIG_DIR,
-                budget_bytes=ctx.models.budget_bytes,
-                quantization=quantization,
-            )
-
-        key = f"checkpoint:{manifest.id}:{manifest.sha256[:12]}"
-        with ctx.models.lease(
-            key,
-            load,
-            estimate=files_bytes(folder),
-            exclusive=True,  # schedulers and adapters are state: one run at a time
-        ) as model:
+        key = checkpoint_key(manifest)
+        with checkpoint_lease(manifest, ctx) as model:
             if net_ref is None:
                 images = run(
                     model, params, should_stop=ctx.should_stop, report_step=ctx.report_step
                 )
             else:
-                net = store.get(net_ref.model, "controlnet", field="controlnet.model")
-                net_folder = store.path(net.id, "controlnet") / DIFFUSERS_DIR
-                with ctx.models.lease(
-                    f"controlnet:{net.id}:{net.sha256[:12]}",
-                    lambda: load_controlnet(family, net_folder),
-                    estimate=files_bytes(net_folder),
-                ) as controlnet:
+                with controlnet_lease(net_ref.model, family, ctx) as controlnet:
                     images = run(
                         model,
                         params,

@@ -19,6 +19,7 @@ from assetbox.kinds.diffusion import (
     ControlNetRef,
     DiffusionPlanner,
     GenerateOptions,
+    check_controlnet,
 )
 from assetbox.models.store import ModelManifest, ModelStore
 
@@ -106,13 +107,7 @@ class EditPlanner(DiffusionPlanner):
                 field="strength",
             )
         if request.controlnet is not None:
-            net = store.get(request.controlnet.model, "controlnet", field="controlnet.model")
-            if net.family != family:
-                raise InvalidInput(
-                    f"ControlNet {net.id!r} is for {net.family}, the checkpoint "
-                    f"{manifest.id!r} is {family}",
-                    field="controlnet.model",
-                )
+            check_controlnet(store, manifest, request.controlnet.model)
         self._check_images(request, data_dir, SIZE_MULTIPLE[family])
 
     @staticmethod

@@ -10,23 +10,25 @@ or by Lanczos alone.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from assetbox.config import get_settings
 from assetbox.engine.planners import UnitContext
-from assetbox.errors import InvalidInput
+from assetbox.errors import InvalidInput, NotFound
 from assetbox.imaging import TilePlan
 from assetbox.imaging.resize import resize_lanczos
-from assetbox.kinds.upscale import open_upscaler, upscaler
-from assetbox.models.builtin import DEFAULT_UPSCALER
-from assetbox.models.store import ModelStore
+from assetbox.models.builtin import BUILTIN_UPSCALERS, DEFAULT_UPSCALER, ensure_upscaler
+from assetbox.models.cache import files_bytes
+from assetbox.models.store import KINDS, ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
     TileSettings,
     choose_engine,
+    open_backend,
     preferred_tile,
     upscale_image,
 )
@@ -36,6 +38,49 @@ MAX_TILES = 4096  # 16K at 256 px tiles; beyond that a plan is a mistake, not a 
 # Tiles start on this grid (and outputs are multiples of it): a VAE's factor, so that tiles share
 # the latent grid and overlapping tiles can start from the same noise.
 LATENT = 8
+
+
+def upscaler(store: ModelStore, model_id: str, *, field: str) -> ModelManifest:
+    """The upscaler `model_id` (a built-in one is converted into the store on first use).
+
+    Raises:
+        NotFound: no such model, naming `field` and the upscalers there are.
+        InvalidInput: `model_id` is another kind of model.
+        ModelError: a built-in upscaler fails to convert.
+    """
+    try:
+        return ensure_upscaler(store, model_id)
+    except NotFound:
+        other = next((k for k in KINDS if store.exists(model_id, k)), None)
+        if other is None:
+            # The built-in ones count too, though not converted into the store yet.
+            known = sorted({m.id for m in store.list("upscaler")} | set(BUILTIN_UPSCALERS))
+            raise NotFound(
+                f"`{field}` {model_id!r} is no upscaler in the store nor a built-in one "
+                f"(available: {', '.join(known)})",
+                field=field,
+            ) from None
+        raise InvalidInput(
+            f"`{field}` must be an upscaler but {model_id!r} is a {other}", field=field
+        ) from None
+
+
+def open_upscaler(
+    manifest: ModelManifest, engine: Literal["torch", "ncnn"], ctx: UnitContext
+) -> AbstractContextManager[Any]:
+    """A lease on the upscaler's backend from the worker's model cache (loaded on first use)."""
+    folder = ModelStore(ctx.data_dir / "models").path(manifest.id)
+    return ctx.models.lease(
+        f"{manifest.id}:{manifest.sha256[:12]}:{engine}",
+        lambda: open_backend(
+            folder,
+            engine=engine,
+            network_scale=manifest.network_scale,
+            post_resize=manifest.post_resize,
+        ),
+        # The engine's weight file: what it will hold in memory, before loading it.
+        estimate=files_bytes(folder / ("model.bin" if engine == "ncnn" else "model.safetensors")),
+    )
 
 
 class TileGrid(BaseModel):

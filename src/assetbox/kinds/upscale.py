@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +19,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
-from assetbox.errors import InvalidInput, NotFound
+from assetbox.errors import InvalidInput
 from assetbox.imaging import (
     MEDIA_TYPES,
     DecodedImage,
@@ -29,9 +28,9 @@ from assetbox.imaging import (
     encode_image,
     verify_image,
 )
-from assetbox.models.builtin import BUILTIN_UPSCALERS, DEFAULT_UPSCALER, ensure_upscaler
-from assetbox.models.cache import files_bytes
-from assetbox.models.store import KINDS, ModelManifest, ModelStore
+from assetbox.kinds.tiles import open_upscaler, upscaler
+from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
+from assetbox.models.store import ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
     DEFAULT_BATCH,
     DEFAULT_OVERLAP,
@@ -43,7 +42,6 @@ from assetbox.pipelines.upscale_gan import (
     blend_windows,
     choose_engine,
     finish_upscale,
-    open_backend,
     plan_windows,
     preferred_tile,
     upscale_windows,
@@ -100,49 +98,6 @@ def format_for_path(path: Path) -> ImageFormat:
             field="output",
         )
     return formats[suffix]
-
-
-def upscaler(store: ModelStore, model_id: str, *, field: str) -> ModelManifest:
-    """The upscaler `model_id` (a built-in one is converted into the store on first use).
-
-    Raises:
-        NotFound: no such model, naming `field` and the upscalers there are.
-        InvalidInput: `model_id` is another kind of model.
-        ModelError: a built-in upscaler fails to convert.
-    """
-    try:
-        return ensure_upscaler(store, model_id)
-    except NotFound:
-        other = next((k for k in KINDS if store.exists(model_id, k)), None)
-        if other is None:
-            # The built-in ones count too, though not converted into the store yet.
-            known = sorted({m.id for m in store.list("upscaler")} | set(BUILTIN_UPSCALERS))
-            raise NotFound(
-                f"`{field}` {model_id!r} is no upscaler in the store nor a built-in one "
-                f"(available: {', '.join(known)})",
-                field=field,
-            ) from None
-        raise InvalidInput(
-            f"`{field}` must be an upscaler but {model_id!r} is a {other}", field=field
-        ) from None
-
-
-def open_upscaler(
-    manifest: ModelManifest, engine: Literal["torch", "ncnn"], ctx: UnitContext
-) -> AbstractContextManager[Any]:
-    """A lease on the upscaler's backend from the worker's model cache (loaded on first use)."""
-    folder = ModelStore(ctx.data_dir / "models").path(manifest.id)
-    return ctx.models.lease(
-        f"{manifest.id}:{manifest.sha256[:12]}:{engine}",
-        lambda: open_backend(
-            folder,
-            engine=engine,
-            network_scale=manifest.network_scale,
-            post_resize=manifest.post_resize,
-        ),
-        # The engine's weight file: what it will hold in memory, before loading it.
-        estimate=files_bytes(folder / ("model.bin" if engine == "ncnn" else "model.safetensors")),
-    )
 
 
 class UpscalePlanner:
