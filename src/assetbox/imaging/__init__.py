@@ -21,6 +21,13 @@ from assetbox.imaging.color import (
     color_fix,
     wavelet_color_fix,
 )
+from assetbox.imaging.noise import batch_noise, noise_field
+from assetbox.imaging.seams import (
+    SEAM_LINES,
+    SeamLine,
+    seam_energy_ratio,
+    seam_energy_ratios,
+)
 from assetbox.imaging.tiles import Tile, TilePlan, extract_tile
 from assetbox.imaging.transfer import Transfer, from_working, to_working
 
@@ -29,17 +36,20 @@ __all__ = [
     "FORMATS",
     "MEDIA_TYPES",
     "RAMPS",
+    "SEAM_LINES",
     "Band",
     "ColorFix",
     "DecodedImage",
     "ImageFormat",
     "Ramp",
+    "SeamLine",
     "Tile",
     "TileBlender",
     "TilePlan",
     "Transfer",
     "adain_color_fix",
     "axis_weights",
+    "batch_noise",
     "blend_tiles",
     "color_fix",
     "decode_base64",
@@ -48,8 +58,11 @@ __all__ = [
     "encode_image",
     "extract_tile",
     "from_working",
+    "noise_field",
     "probe_image",
     "ramp",
+    "seam_energy_ratio",
+    "seam_energy_ratios",
     "to_uint8",
     "to_working",
     "verify_image",
