@@ -292,6 +292,8 @@ class ProcessExecutor:
             self._context.set_forkserver_preload([*PRELOAD, *preload])
             if json_logs:
                 os.environ["ASSETBOX_WORKER_JSON_LOGS"] = "1"
+            else:  # an earlier engine of this process may have set it (children inherit it)
+                os.environ.pop("ASSETBOX_WORKER_JSON_LOGS", None)
         self._slots = [_Slot(spec) for spec in worker_specs(settings, self.workers, json_logs)]
         self._lock = threading.Lock()
         self._serials = itertools.count(1)
