@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,20 @@ def captioner(store: ModelStore, model_id: str) -> ModelManifest:
     )
 
 
+def lease_captioner(manifest: ModelManifest, ctx: UnitContext) -> AbstractContextManager[Any]:
+    """The captioner from the worker's model cache (loaded on first use), one generate at a
+    time per loaded model."""
+    from assetbox.pipelines.caption import estimate_captioner_bytes, load_captioner
+
+    folder = ModelStore(ctx.data_dir / "models").path(manifest.id, "captioner") / TRANSFORMERS_DIR
+    return ctx.models.lease(
+        f"captioner:{manifest.id}:{manifest.sha256[:12]}",
+        lambda: load_captioner(folder),
+        estimate=estimate_captioner_bytes(folder),
+        exclusive=True,
+    )
+
+
 class CaptionPlanner:
     kind = "caption"
     request_model = CaptionRequest
@@ -209,19 +224,13 @@ class CaptionPlanner:
         return [np.ascontiguousarray(extract_tile(big, plan.tile(tile_id))) for tile_id in items]
 
     def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
-        from assetbox.pipelines.caption import caption, estimate_captioner_bytes, load_captioner
+        from assetbox.pipelines.caption import caption
 
         assert isinstance(request, CaptionRequest)
         store = ModelStore(ctx.data_dir / "models")
         manifest = captioner(store, request.model)
-        folder = store.path(manifest.id, "captioner") / TRANSFORMERS_DIR
         pixels = self._pixels(request, payload["items"], ctx)
-        with ctx.models.lease(
-            f"captioner:{manifest.id}:{manifest.sha256[:12]}",
-            lambda: load_captioner(folder),
-            estimate=estimate_captioner_bytes(folder),
-            exclusive=True,  # one generate at a time per loaded model
-        ) as model:
+        with lease_captioner(manifest, ctx) as model:
             captions = caption(
                 model,
                 pixels,

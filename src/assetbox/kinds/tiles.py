@@ -83,6 +83,11 @@ def open_upscaler(
     )
 
 
+def _named(field: str, setting: str) -> str:
+    """A setting's field name under `field` (``tiles.overlap``), or alone when `field` is ""."""
+    return f"{field}.{setting}" if field else setting
+
+
 class TileGrid(BaseModel):
     """The grid over the output: tile size and least overlap in output pixels."""
 
@@ -110,19 +115,29 @@ def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
     )
 
 
-def tile_plan(width: int, height: int, grid: TileGrid, *, field: str = "tiles") -> TilePlan:
+def tile_plan(
+    width: int,
+    height: int,
+    grid: TileGrid,
+    *,
+    field: str = "tiles",
+    size: tuple[int, int] | None = None,
+) -> TilePlan:
     """The plan of the output of a `width` x `height` input scaled by ``grid.scale``.
 
     Raises:
         InvalidInput: an output over the pixel limit, an overlap that leaves no stride, or more
             than MAX_TILES tiles (naming ``<field>.<setting>``, or the setting alone when
             `field` is empty).
+
+    `size` gives the output's size instead of ``grid.scale``. An output side shorter than the
+    tile gets one tile of that side's length.
     """
 
     def name(setting: str) -> str:
-        return f"{field}.{setting}" if field else setting
+        return _named(field, setting)
 
-    out_w, out_h = output_size(width, height, grid.scale)
+    out_w, out_h = size or output_size(width, height, grid.scale)
     limit = get_settings().max_image_pixels
     if out_w * out_h > limit:
         raise InvalidInput(
@@ -131,7 +146,9 @@ def tile_plan(width: int, height: int, grid: TileGrid, *, field: str = "tiles") 
             field=name("scale"),
         )
     try:
-        plan = TilePlan.for_image(out_w, out_h, grid.tile, grid.overlap, align=LATENT)
+        tile = (min(grid.tile, out_w), min(grid.tile, out_h))
+        overlap = min(grid.overlap, max(0, min(tile) - 1))  # one tile on a short axis
+        plan = TilePlan.for_image(out_w, out_h, tile, overlap, align=LATENT)
     except InvalidInput as exc:
         setting = exc.field if exc.field in ("tile", "overlap") else "tile"
         raise InvalidInput(exc.message, field=name(setting)) from exc
@@ -151,11 +168,18 @@ def check_source(source: TileSource, data_dir: Path, *, field: str = "tiles") ->
         NotFound, InvalidInput: naming ``<field>.pre_upscale``.
     """
     if source.pre_upscale != LANCZOS:
-        upscaler(ModelStore(data_dir / "models"), source.pre_upscale, field=f"{field}.pre_upscale")
+        store = ModelStore(data_dir / "models")
+        upscaler(store, source.pre_upscale, field=_named(field, "pre_upscale"))
 
 
 def pre_upscaled(
-    rgb: np.ndarray, source: TileSource, ctx: UnitContext, *, key: str, field: str = "tiles"
+    rgb: np.ndarray,
+    source: TileSource,
+    ctx: UnitContext,
+    *,
+    key: str,
+    field: str = "tiles",
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """`rgb` at the output's size, kept in the worker's scratch under `key` (the units of a job
     that run on the same worker cut their tiles from one pre-upscale).
@@ -168,13 +192,12 @@ def pre_upscaled(
     for old in [k for k in ctx.cache if k.startswith("pre-upscaled:")]:
         del ctx.cache[old]  # one pre-upscaled image per worker: they are large
     height, width = rgb.shape[:2]
-    size = output_size(width, height, source.scale)
+    size = size or output_size(width, height, source.scale)
     if source.pre_upscale == LANCZOS:
         out = resize_lanczos(rgb, size)
     else:
-        manifest = upscaler(
-            ModelStore(ctx.data_dir / "models"), source.pre_upscale, field=f"{field}.pre_upscale"
-        )
+        store = ModelStore(ctx.data_dir / "models")
+        manifest = upscaler(store, source.pre_upscale, field=_named(field, "pre_upscale"))
         engine = choose_engine("auto", list(manifest.engines))
         settings = TileSettings(tile=preferred_tile(engine), context=manifest.context)
         with open_upscaler(manifest, engine, ctx) as backend:

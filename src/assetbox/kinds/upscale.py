@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
@@ -28,7 +28,13 @@ from assetbox.imaging import (
     encode_image,
     verify_image,
 )
+from assetbox.kinds import upscale_tiled as tiled
 from assetbox.kinds.tiles import open_upscaler, upscaler
+from assetbox.kinds.upscale_tiled import (
+    DEFAULT_TILE_BATCH,
+    DEFAULT_TILE_OVERLAP,
+    DiffusionUpscaleFields,
+)
 from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
 from assetbox.models.store import ModelManifest, ModelStore
 from assetbox.pipelines.upscale_gan import (
@@ -48,18 +54,43 @@ from assetbox.pipelines.upscale_gan import (
 )
 
 WINDOWS_PER_UNIT = 4
+MIN_DIFFUSION_TILE = 64
 
 
-class UpscaleOptions(BaseModel):
-    """How to upscale (everything but the image); the CLI and the API validate with it."""
+class UpscaleOptions(DiffusionUpscaleFields):
+    """How to upscale (everything but the image); the CLI and the API validate with it.
 
-    model: str = Field(default=DEFAULT_UPSCALER, description="store id of the upscaler")
-    scale: int | None = Field(default=None, ge=1, le=8, description="default: the model's")
-    tile: int | None = Field(
-        default=None, ge=0, description="core tile in input px; 0 = untiled; default by engine"
+    ``mode: "gan"`` (the default) runs an upscaler; ``"diffusion"`` runs tiled img2img with a
+    checkpoint (kinds/upscale_tiled.py), and some fields mean another thing there (see each).
+    """
+
+    model: str = Field(
+        default=DEFAULT_UPSCALER,
+        description="gan: store id of the upscaler; diffusion: of the checkpoint (sd15, sdxl, "
+        "flux1)",
     )
-    overlap: int = Field(default=DEFAULT_OVERLAP, ge=0, description="feathered seam, input px")
-    batch: int = Field(default=DEFAULT_BATCH, ge=1, le=64, description="windows per forward pass")
+    scale: int | None = Field(
+        default=None, ge=1, le=8, description="gan: default the model's; diffusion: 2 to 8 (2)"
+    )
+    tile: int | None = Field(
+        default=None,
+        ge=0,
+        description="gan: core tile in input px, 0 = untiled, default by engine; diffusion: "
+        "tile in output px, default the family's native size (1024 sdxl/flux1, 512 sd15)",
+    )
+    overlap: int | None = Field(
+        default=None,
+        ge=0,
+        description=f"gan: feathered seam in input px ({DEFAULT_OVERLAP}); diffusion: least "
+        f"overlap of tiles in output px ({DEFAULT_TILE_OVERLAP})",
+    )
+    batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=f"gan: windows per forward pass ({DEFAULT_BATCH}); diffusion: tiles per "
+        f"forward pass ({DEFAULT_TILE_BATCH})",
+    )
     engine: EngineChoice = "auto"
     alpha: AlphaMode = "model"
     format: ImageFormat | None = Field(default=None, description="default: the input's format")
@@ -71,6 +102,29 @@ class UpscaleOptions(BaseModel):
         if tile is not None and tile != 0 and tile < MIN_TILE:
             raise ValueError(f"must be 0 (untiled) or at least {MIN_TILE}, not {tile}")
         return tile
+
+    @model_validator(mode="after")
+    def _mode_defaults(self):
+        if self.mode == "gan":
+            for name, info in DiffusionUpscaleFields.model_fields.items():
+                if name != "mode" and getattr(self, name) != info.get_default(
+                    call_default_factory=True
+                ):
+                    # Raised as is (not a ValueError): pydantic would drop the field's name.
+                    raise InvalidInput(
+                        f'`{name}` is for "mode": "diffusion"; mode gan would ignore it',
+                        field=name,
+                    )
+            # Written into the request, so the job records what it ran with.
+            self.overlap = DEFAULT_OVERLAP if self.overlap is None else self.overlap
+            self.batch = DEFAULT_BATCH if self.batch is None else self.batch
+        elif self.tile is not None and self.tile < MIN_DIFFUSION_TILE:
+            raise InvalidInput(
+                f"`tile` must be at least {MIN_DIFFUSION_TILE} for mode diffusion but is "
+                f"{self.tile}",
+                field="tile",
+            )
+        return self
 
 
 class UpscaleRequest(UpscaleOptions):
@@ -132,6 +186,10 @@ class UpscalePlanner:
 
     # -- at submit ------------------------------------------------------------------------------
 
+    def fill(self, request: BaseModel) -> BaseModel:
+        """A diffusion upscale without a seed gets one when it is queued (stored with the job)."""
+        return tiled.fill_seed(request) if tiled.is_diffusion(request) else request
+
     def check(self, request: BaseModel, data_dir: Path) -> None:
         """Refuse at submit what would fail the job later; nothing is queued then.
 
@@ -142,6 +200,8 @@ class UpscalePlanner:
             ModelError: a built-in upscaler fails to convert on its first use.
         """
         assert isinstance(request, UpscaleRequest)
+        if tiled.is_diffusion(request):
+            return tiled.check(request, data_dir)
         manifest = upscaler(ModelStore(data_dir / "models"), request.model, field="model")
         self._check_scale(request, manifest)
         self._settings(request, manifest)
@@ -165,6 +225,9 @@ class UpscalePlanner:
     def plan(self, request: BaseModel, data_dir: Path) -> list[dict[str, Any]]:
         assert isinstance(request, UpscaleRequest)
         image = self._image(request, data_dir, {})
+        if tiled.is_diffusion(request):
+            tiled.checkpoint(request, data_dir)  # deleted since submit: fail before any unit
+            return tiled.plan_units(request, tiled.plan_for(request, image.width, image.height))
         manifest = self._manifest(request, data_dir)
         self._check_scale(request, manifest)  # again: the model may have changed since submit
         settings = self._settings(request, manifest)
@@ -181,6 +244,8 @@ class UpscalePlanner:
 
     def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
         assert isinstance(request, UpscaleRequest)
+        if tiled.is_diffusion(request):
+            return tiled.run_unit(request, payload, ctx)
         image = self._image(request, ctx.data_dir, ctx.cache)
         manifest = self._manifest(request, ctx.data_dir)
         settings = self._settings(request, manifest)
@@ -208,6 +273,8 @@ class UpscalePlanner:
         self, request: BaseModel, results: Sequence[bytes], data_dir: Path
     ) -> list[AssembledOutput]:
         assert isinstance(request, UpscaleRequest)
+        if tiled.is_diffusion(request):
+            return tiled.assemble(request, results, data_dir)
         started = time.perf_counter()
         image = self._image(request, data_dir, {})
         manifest = self._manifest(request, data_dir)
