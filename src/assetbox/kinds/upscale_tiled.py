@@ -24,8 +24,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from assetbox.engine.blobs import blob_path
+from assetbox.engine.engine import TRANSIENT
 from assetbox.engine.planners import AssembledOutput, UnitContext
-from assetbox.errors import AssetboxError, Cancelled, InvalidInput, NotFound
+from assetbox.errors import AssetboxError, Cancelled, InvalidInput
 from assetbox.imaging import (
     DecodedImage,
     TileBlender,
@@ -48,10 +49,13 @@ from assetbox.kinds.diffusion import (
     controlnet_lease,
     lora_uses,
 )
-from assetbox.kinds.tiles import LANCZOS, TileGrid, TileSource, check_source, pre_upscaled
+from assetbox.kinds.tiles import TileSource, check_source, pre_upscaled
 from assetbox.kinds.tiles import tile_plan as grid_plan
+from assetbox.logs import get_logger
 from assetbox.models.builtin import DEFAULT_UPSCALER
 from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
+
+log = get_logger("upscale")
 
 # The family's native tile (what its model was trained at).
 NATIVE_TILE = {"sd15": 512, "sdxl": 1024, "flux1": 1024}
@@ -319,9 +323,14 @@ def _uint8(pixels: np.ndarray) -> np.ndarray:
     return pixels if pixels.dtype == np.uint8 else np.rint(pixels / 257).astype(np.uint8)
 
 
+def attempts() -> int:
+    from assetbox.config import get_settings
+
+    return get_settings().unit_max_attempts
+
+
 def run_unit(request: Any, payload: dict[str, Any], ctx: UnitContext) -> bytes:
     """One batch of tiles → their blended-ready pixels (and captions, failures) as an npz."""
-    from assetbox.config import get_settings
 
     image = _rgb(request, ctx.data_dir, ctx.cache)
     rgb = _uint8(image.rgb)
@@ -340,12 +349,26 @@ def run_unit(request: Any, payload: dict[str, Any], ctx: UnitContext) -> bytes:
             out, captions = _diffuse(request, tiles, crops, strength, plan, ctx)
         except Cancelled:
             raise
-        except AssetboxError as exc:
-            last = ctx.attempt >= get_settings().unit_max_attempts
-            if not request.allow_partial or not last:
+        except Exception as exc:
+            # A transient error is retried by the engine (maybe on another worker) until its
+            # last attempt; any other is final at once.
+            final = not isinstance(exc, TRANSIENT) or ctx.attempt >= attempts()
+            named = ", ".join(tile.id for tile in tiles)
+            message = (
+                exc.message if isinstance(exc, AssetboxError) else f"{type(exc).__name__}: {exc}"
+            )
+            if not (request.allow_partial and final):
+                if not isinstance(exc, AssetboxError):
+                    raise AssetboxError(f"tile {named}: {message}") from exc
+                exc.message = f"tile {named}: {message}"  # the same error, naming its tiles
+                exc.args = (exc.message,)
                 raise
+            log.warning(
+                "tiles failed; they keep their pre-upscaled pixels",
+                extra={"tiles": named, "error": message},
+            )
             out = crops
-            failed = {tile.id: exc.message for tile in tiles}
+            failed = {tile.id: message for tile in tiles}
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -499,6 +522,3 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
             summary=summary or None,
         )
     ]
-
-
-__all__ = ["LANCZOS", "NotFound", "TileGrid"]
