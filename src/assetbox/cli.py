@@ -133,20 +133,31 @@ def _report(job_id: str, written: list[tuple[Path, _Output]], as_json: bool) -> 
 def upscale(
     input: Annotated[Path, typer.Argument(help="Image to upscale (PNG, JPEG or WebP).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
-    model: Annotated[str, typer.Option(help="Upscaler id (assetbox models list).")] = (
-        "realesrgan-x4plus"
-    ),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="gan: upscaler id (default realesrgan-x4plus); diffusion: checkpoint id "
+            "(assetbox models list)."
+        ),
+    ] = None,
     scale: Annotated[
-        int | None, typer.Option(help="2, 3 or 4; below the model's scale: Lanczos down.")
+        int | None,
+        typer.Option(help="gan: 2, 3 or 4 (below the model's: Lanczos down); diffusion: 2-8."),
     ] = None,
     tile: Annotated[
         int | None,
         typer.Option(
-            help="Core tile in input px; 0 = one untiled pass. (default: 224 CPU, 512 GPU)"
+            help="gan: core tile in input px, 0 = one untiled pass (224 CPU, 512 GPU); "
+            "diffusion: tile in output px (the family's native size)."
         ),
     ] = None,
-    overlap: Annotated[int, typer.Option(help="Feathered seam between tiles, input px.")] = 2,
-    batch: Annotated[int, typer.Option(help="Tiles per forward pass (torch).")] = 4,
+    overlap: Annotated[
+        int | None,
+        typer.Option(help="gan: feathered seam, input px (2); diffusion: tile overlap (128)."),
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option(help="Tiles per forward pass (gan torch: 4; diffusion: 1).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="auto, torch or ncnn.")] = "auto",
     alpha: Annotated[str, typer.Option(help="Alpha upscaling: model or lanczos.")] = "model",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 95,
@@ -157,21 +168,59 @@ def upscale(
             "process. (default: ASSETBOX_SERVER_URL)"
         ),
     ] = None,
+    mode: Annotated[
+        str, typer.Option(help="gan (an upscaler) or diffusion (tiled img2img, a checkpoint).")
+    ] = "gan",
+    prompt: Annotated[str | None, typer.Option(help="diffusion: the global style.")] = None,
+    negative: Annotated[str | None, typer.Option(help="diffusion: negative prompt.")] = None,
+    strength: Annotated[float | None, typer.Option(help="diffusion: 0-1. (0.35)")] = None,
+    steps: _Steps = None,
+    guidance: _Guidance = None,
+    seed: Annotated[int | None, typer.Option(help="diffusion: seed. (default: random)")] = None,
+    sampler: _Sampler = None,
+    controlnet: Annotated[
+        str | None, typer.Option(help="diffusion: a (tile) ControlNet id; each tile is its image.")
+    ] = None,
+    conditioning_scale: Annotated[float, typer.Option(help="ControlNet strength.")] = 1.0,
+    lora: _Lora = [],  # noqa: B006 (typer reads the default)
+    pre_upscale: Annotated[
+        str | None, typer.Option(help="diffusion: upscaler id or lanczos. (realesrgan-x4plus)")
+    ] = None,
+    captions: Annotated[
+        str | None, typer.Option(help="diffusion: auto (caption every tile) or none.")
+    ] = None,
+    captioner: Annotated[str | None, typer.Option(help="diffusion: captioner id.")] = None,
+    color_fix: Annotated[
+        str | None, typer.Option(help="diffusion: wavelet, adain or none. (wavelet)")
+    ] = None,
+    allow_partial: Annotated[
+        bool, typer.Option(help="diffusion: a failing tile keeps its pre-upscaled pixels.")
+    ] = False,
+    tiles_json: Annotated[
+        Path | None,
+        typer.Option(
+            help='diffusion: JSON file of per-tile overrides, {"row_col": {"prompt", "strength", '
+            '"skip"}} (ids as `assetbox caption --tiles` shows).'
+        ),
+    ] = None,
     as_json: _Json = False,
 ) -> None:
-    """Upscale an image with a Real-ESRGAN-class model (built-in models need no download)."""
+    """Upscale an image with a Real-ESRGAN-class model (built-in models need no download), or
+    with --mode diffusion: tiled img2img with a checkpoint, a prompt per tile, a progress bar
+    per tile."""
     from pydantic import ValidationError
 
     from assetbox.kinds.upscale import UpscaleOptions, format_for_path
 
     try:
         fmt = format_for_path(output)
-        if scale is not None and scale not in (2, 3, 4):
+        if mode == "gan" and scale is not None and scale not in (2, 3, 4):
             raise InvalidInput(f"`scale` must be 2, 3 or 4 but is {scale}", field="scale")
         # A bad file fails here, before any job exists.
         data = _read_input(input, "image", argument="input")
         options = {
-            "model": model,
+            "mode": mode,
+            "model": model or ("realesrgan-x4plus" if mode == "gan" else None),
             "scale": scale,
             "tile": tile,
             "overlap": overlap,
@@ -181,6 +230,31 @@ def upscale(
             "format": fmt,
             "quality": quality,
         }
+        if mode == "diffusion":
+            if model is None:
+                raise InvalidInput("--mode diffusion needs --model (a checkpoint)", field="model")
+            options |= {
+                "prompt": prompt or "",
+                "negative_prompt": negative,
+                "strength": strength,
+                "steps": steps,
+                "guidance": guidance,
+                "seed": seed,
+                "sampler": sampler,
+                "loras": _parse_loras(lora),
+                "pre_upscale": pre_upscale,
+                "captions": captions,
+                "captioner": captioner,
+                "color_fix": color_fix,
+                "allow_partial": allow_partial,
+                "tiles": _read_tiles_json(tiles_json) if tiles_json else None,
+            }
+            if controlnet is not None:
+                options["controlnet"] = {
+                    "model": controlnet,
+                    "conditioning_scale": conditioning_scale,
+                }
+        options = {k: v for k, v in options.items() if v is not None}
         try:
             UpscaleOptions(**options)  # type: ignore[arg-type]
         except ValidationError as exc:
@@ -284,11 +358,14 @@ def _run_local(kind, request, images, key, fields) -> tuple[str, list[_Output]]:
         from assetbox.models.store import model_store
 
         # A built-in model's first use converts it (once), with a message, before the job.
-        ensure_upscaler(
-            model_store(settings),
-            request["model"],
-            progress=lambda text: err.print(text, highlight=False),
-        )
+        diffusion = request.get("mode") == "diffusion"
+        upscaler = request.get("pre_upscale", "realesrgan-x4plus") if diffusion else None
+        if upscaler != "lanczos":
+            ensure_upscaler(
+                model_store(settings),
+                upscaler or request["model"],
+                progress=lambda text: err.print(text, highlight=False),
+            )
     engine = Engine(planners=PLANNERS, settings=settings)
     try:
         full = with_images(request, {f: engine.put_blob(data) for f, data in images.items()})
@@ -432,6 +509,17 @@ def _run_diffusion(
     for path, result in zip(paths, results, strict=True):
         write_atomically(path, result.data)
     _report(job_id, list(zip(paths, results, strict=True)), as_json)
+
+
+def _read_tiles_json(path: Path) -> dict:
+    """Per-tile overrides from a JSON file (an object by tile id)."""
+    try:
+        tiles = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read {path} as JSON: {exc}", field="tiles_json") from exc
+    if not isinstance(tiles, dict):
+        raise InvalidInput(f"{path} must hold a JSON object by tile id", field="tiles_json")
+    return tiles
 
 
 def _read_input(path: Path, field: str, *, argument: str | None = None) -> bytes:
