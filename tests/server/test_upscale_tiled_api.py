@@ -144,3 +144,19 @@ def test_gan_mode_refuses_diffusion_fields(data_dir: Path) -> None:
         response = client.post("/v1/upscale", json=gan)
         assert response.status_code == 422
         assert response.json()["field"] == "prompt"
+
+
+def test_an_output_smaller_than_a_tile_is_one_tile_of_its_size(data_dir: Path) -> None:
+    small = np.ascontiguousarray(photo_256()[:48, :64])
+    with make_client(data_dir) as client:
+        plan = client.post(
+            "/v1/upscale/plan", json={"width": 64, "height": 48, "scale": 2, "tile": 1024}
+        ).json()
+        assert [t["box"] for t in plan["tiles"]] == [[0, 0, 128, 96]]
+        job = client.post(
+            "/v1/upscale",
+            json=body(image=png_b64(small), tile=1024, overlap=128, controlnet=None, loras=[]),
+            headers=WAIT,
+        ).json()
+        image = np.asarray(Image.open(io.BytesIO(output(client, job))))
+        assert image.shape == (96, 128, 3) and job["progress"]["total"] == 1
