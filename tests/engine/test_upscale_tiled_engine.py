@@ -77,12 +77,13 @@ def test_the_same_bytes_for_one_or_two_workers_local_or_ray(data_dir: Path, tmp_
     }.items():
         copy = tmp_path / name.replace(" ", "-")
         shutil.copytree(data_dir, copy)
-        if settings.get("executor") == "ray":
+        owned = settings.get("executor") == "ray" and not ray.is_initialized()
+        if owned:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             outputs[name], _, _ = run(copy, **settings)
         finally:
-            if settings.get("executor") == "ray":
+            if owned:
                 ray.shutdown()
     assert Image.open(io.BytesIO(outputs["1 local"])).size == (384, 192)
     assert outputs["2 local"] == outputs["1 local"]

@@ -146,6 +146,11 @@ def tile_plan(
             field=name("scale"),
         )
     try:
+        if grid.overlap >= grid.tile:
+            raise InvalidInput(
+                f"`overlap` must be smaller than the tile ({grid.tile}) but is {grid.overlap}",
+                field="overlap",
+            )
         tile = (min(grid.tile, out_w), min(grid.tile, out_h))
         overlap = min(grid.overlap, max(0, min(tile) - 1))  # one tile on a short axis
         plan = TilePlan.for_image(out_w, out_h, tile, overlap, align=LATENT)
