@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput, NotFound
-from assetbox.imaging import decode_image, extract_tile, verify_image
+from assetbox.imaging import decode_image, extract_tile, to_uint8, verify_image
 from assetbox.kinds.tiles import MAX_TILES, TileSource, check_source, pre_upscaled, tile_plan
 from assetbox.models.captioner_import import TRANSFORMERS_DIR
 from assetbox.models.store import KINDS, ModelManifest, ModelStore
@@ -206,9 +206,7 @@ class CaptionPlanner:
             for old in [k for k in cache if k.startswith("caption-image:")][-7:]:
                 del cache[old]  # a batch's worth of decoded images is enough
             rgb = decode_image(blob_path(data_dir, ref).read_bytes(), field=field).rgb
-            if rgb.dtype != np.uint8:  # 16-bit input: the captioner takes 8 bits
-                rgb = np.rint(rgb / 257).astype(np.uint8)
-            cache[key] = rgb
+            cache[key] = to_uint8(rgb)  # 16-bit input: the captioner takes 8 bits
         return cache[key]
 
     def _pixels(self, request: CaptionRequest, items: list[Any], ctx: UnitContext) -> list:

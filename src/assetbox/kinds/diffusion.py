@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
-from assetbox.imaging import DecodedImage, decode_image, encode_image
+from assetbox.imaging import DecodedImage, decode_image, encode_image, to_uint8
 from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
 from assetbox.models.cache import files_bytes
 from assetbox.models.diffusion_import import CONFIG_DIR, DIFFUSERS_DIR, WEIGHTS_FILE
@@ -310,9 +310,7 @@ class DiffusionPlanner:
             data = blob_path(ctx.data_dir, ref).read_bytes()
             decoded: DecodedImage = decode_image(data, field=field)
             rgb = decoded.rgb
-            if rgb.dtype != np.uint8:  # 16-bit input: the pipelines take 8 bits
-                rgb = np.rint(rgb / 257).astype(np.uint8)
-            ctx.cache[key] = rgb
+            ctx.cache[key] = to_uint8(rgb)  # 16-bit input: the pipelines take 8 bits
         return ctx.cache[key]
 
     def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:

@@ -24,7 +24,6 @@ from assetbox.imaging import (
     MEDIA_TYPES,
     DecodedImage,
     ImageFormat,
-    decode_image,
     encode_image,
     verify_image,
 )
@@ -162,13 +161,7 @@ class UpscalePlanner:
 
     @staticmethod
     def _image(request: UpscaleRequest, data_dir: Path, cache: dict[str, Any]) -> DecodedImage:
-        key = f"image:{request.image}"
-        if key not in cache:
-            for old in [k for k in cache if k.startswith("image:")]:
-                del cache[old]  # one decoded image per worker is enough
-            data = blob_path(data_dir, request.image).read_bytes()
-            cache[key] = decode_image(data, field="image")
-        return cache[key]
+        return tiled.input_image(request, data_dir, cache)
 
     @staticmethod
     def _manifest(request: UpscaleRequest, data_dir: Path) -> ModelManifest:

@@ -34,6 +34,7 @@ from assetbox.imaging import (
     decode_image,
     encode_image,
     extract_tile,
+    to_uint8,
     verify_image,
 )
 from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
@@ -310,17 +311,16 @@ def plan_units(request: Any, plan: TilePlan) -> list[dict[str, Any]]:
     return sorted(units, key=lambda unit: index[unit["tiles"][0]])
 
 
-def _rgb(request: Any, data_dir: Path, cache: dict[str, Any]) -> DecodedImage:
+def input_image(request: Any, data_dir: Path, cache: dict[str, Any]) -> DecodedImage:
+    """The request's decoded input, kept in the worker's scratch (one per worker): both modes'
+    units read it."""
     key = f"image:{request.image}"
     if key not in cache:
         for old in [k for k in cache if k.startswith("image:")]:
-            del cache[old]
-        cache[key] = decode_image(blob_path(data_dir, request.image).read_bytes(), field="image")
+            del cache[old]  # one decoded image per worker is enough
+        data = blob_path(data_dir, request.image).read_bytes()
+        cache[key] = decode_image(data, field="image")
     return cache[key]
-
-
-def _uint8(pixels: np.ndarray) -> np.ndarray:
-    return pixels if pixels.dtype == np.uint8 else np.rint(pixels / 257).astype(np.uint8)
 
 
 def attempts() -> int:
@@ -332,8 +332,8 @@ def attempts() -> int:
 def run_unit(request: Any, payload: dict[str, Any], ctx: UnitContext) -> bytes:
     """One batch of tiles → their blended-ready pixels (and captions, failures) as an npz."""
 
-    image = _rgb(request, ctx.data_dir, ctx.cache)
-    rgb = _uint8(image.rgb)
+    image = input_image(request, ctx.data_dir, ctx.cache)
+    rgb = to_uint8(image.rgb)
     plan = plan_for(request, image.width, image.height)
     key = f"pre-upscaled:{request.image}:{source(request).model_dump_json()}:{plan.width}"
     big = pre_upscaled(rgb, source(request), ctx, key=key, field="", size=(plan.width, plan.height))
@@ -471,7 +471,7 @@ def _captions(
 def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[AssembledOutput]:
     """Blend every tile (row by row, in bands), encode, and report captions and failures."""
     started = time.perf_counter()
-    image = _rgb(request, data_dir, {})
+    image = input_image(request, data_dir, {})
     plan = plan_for(request, image.width, image.height)
     units = plan_units(request, plan)
     where = {tile_id: n for n, unit in enumerate(units) for tile_id in unit["tiles"]}
@@ -497,7 +497,7 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
             out[band.y : band.y + len(band.pixels)] = band.pixels
     alpha = None
     if image.alpha is not None:
-        alpha = resize_lanczos(_uint8(image.alpha), (plan.width, plan.height))
+        alpha = resize_lanczos(to_uint8(image.alpha), (plan.width, plan.height))
     fmt: ImageFormat = request.format or image.format
     data = encode_image(
         DecodedImage(rgb=out, alpha=alpha, format=fmt), fmt, quality=request.quality
