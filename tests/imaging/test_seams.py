@@ -137,6 +137,18 @@ def test_an_upscaled_result_is_measured_against_the_input_plan(astronaut) -> Non
     assert seam_energy_ratio(upscale(pasted), plan) > 1.5
 
 
+def test_structure_of_an_integer_enlargement_is_not_scored_as_a_seam(astronaut) -> None:
+    # 16x Lanczos (128 -> 2048): gradients repeat every 16 px, and the tiles of an 8-aligned
+    # plan start at multiples of 32 (stride 224), so every seam line sits at one phase of them.
+    small = Image.fromarray(astronaut).resize((128, 128), Image.Resampling.LANCZOS)
+    enlarged = np.asarray(small.resize((2048, 2048), Image.Resampling.LANCZOS))
+    plan = TilePlan.for_image(2048, 2048, 256, 32, align=8)
+    assert {x % 16 for x in plan.xs} == {0}
+    assert seam_energy_ratio(enlarged, plan, period=1) > 1.08  # the phase, kept, scores
+    assert 0.95 <= seam_energy_ratio(enlarged, plan) <= 1.03
+    assert seam_energy_ratio(hard_paste(enlarged, offset_tiles(enlarged, plan)), plan) > 1.5
+
+
 def test_flat_images_score_one_and_a_jump_on_flat_tiles_is_infinite() -> None:
     flat = np.full((96, 96, 3), 128, dtype=np.uint8)
     plan = TilePlan.for_image(96, 96, 64, 32)
@@ -170,6 +182,12 @@ def test_bad_arguments_are_refused(image: np.ndarray, band: int, field: str) -> 
     with pytest.raises(InvalidInput) as info:
         seam_energy_ratio(image, plan, band)
     assert info.value.field == field
+
+
+def test_a_period_below_one_is_refused() -> None:
+    with pytest.raises(InvalidInput) as info:
+        seam_energy_ratio(np.zeros((64, 64)), TilePlan.for_image(64, 64, 32, 8), period=0)
+    assert info.value.field == "period"
 
 
 def test_a_single_tile_has_no_seam_to_measure() -> None:
