@@ -20,7 +20,7 @@ SPANDREL_VERSION := 0.4.2
 OPEN_CLIP_VERSION := 3.3.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: install install-serve serve test lint format bench clean
+.PHONY: install install-serve serve test lint format bench clean chromium
 
 install: $(DEV_STAMP)
 
@@ -47,18 +47,30 @@ $(SERVE_STAMP): pyproject.toml
 	$(PIP) install -q --no-deps "open-clip-torch==$(OPEN_CLIP_VERSION)" 2>&1 \
 		| grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
 	# pip's resolver warns that spandrel's torchvision is missing: on CPU machines that is intended.
-	$(PIP) install -q -e "." 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
+	$(PIP) install -q -e ".[ui]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
 		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
 		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
 	touch $(SERVE_STAMP)
 
 # The test tools (pytest, ruff, import-linter, ray, schemathesis, hypothesis, scikit-image,
-# torchao) on top.
+# torchao, Playwright) on top, and Debian's headless Chromium for the browser tests when no
+# Chromium is on the PATH (Playwright drives it; `playwright install` would download one).
 $(DEV_STAMP): $(SERVE_STAMP)
-	$(PIP) install -q -e ".[dev]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
+	$(PIP) install -q -e ".[dev,ui]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
 		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
 		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
+	$(MAKE) --no-print-directory chromium
 	touch $(DEV_STAMP)
+
+chromium:
+	@if command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null; then :; \
+	else \
+		echo "Installing Debian's chromium-headless-shell for the browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			chromium-headless-shell >/dev/null; \
+	fi
 
 # The service on embedded defaults (127.0.0.1:7000; OpenAPI at /docs), with its runtime
 # dependencies only. HOST and PORT change where it listens.

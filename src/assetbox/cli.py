@@ -739,6 +739,44 @@ def _caption_table(found: dict, names: list[str], tiles: bool) -> None:
 GRACEFUL_SHUTDOWN_S = 2  # for open HTTP connections, before the engine stops
 
 
+def _own_url(host: str, port: int) -> str:
+    """The URL this machine reaches a server listening on `host` at."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@app.command("ui")
+def ui_command(
+    server: Annotated[
+        str, typer.Option(help="The assetbox service to drive (ASSETBOX_SERVER_URL).")
+    ] = "",
+    api_key: Annotated[
+        str, typer.Option(help="Its API key, used when the page gives none (ASSETBOX_API_KEY).")
+    ] = "",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+) -> None:
+    """Run the web UI alone (at /ui), against a service elsewhere: on a laptop, say, with the
+    GPU service on another machine. `assetbox serve` also serves it, at its own /ui."""
+    import tempfile
+
+    import uvicorn
+
+    from assetbox import ui
+    from assetbox.config import get_settings
+
+    settings = get_settings()
+    url = server or settings.server_url or "http://127.0.0.1:7000"
+    service = ui.Service(
+        url.rstrip("/"),
+        api_key=api_key or settings.api_key,
+        files=Path(tempfile.gettempdir()) / f"assetbox-ui-{port}",
+    )
+    typer.echo(f"UI at http://{host}:{port}/ui/ driving {service.url}", err=True)
+    uvicorn.run(ui.standalone_app(service), host=host, port=port, log_level="warning")
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -757,7 +795,15 @@ def serve(
     # log_config=None: uvicorn's loggers keep no handlers of their own and reach our JSON
     # handler (its default config prints plain text). Our JSON request log replaces its
     # access log.
+    from assetbox.config import get_settings
+
     service = create_app()
+    settings = get_settings()
+    if settings.ui:
+        # The UI mounted here drives this same service over HTTP, as it would from a laptop.
+        from assetbox import ui
+
+        ui.mount(service, ui.Service(_own_url(host, port), files=settings.data_dir / "ui"))
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:

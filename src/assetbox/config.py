@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(default=None, description="CLI: the API key for `server_url`.")
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
+    ui: bool = Field(
+        default=True,
+        description="`assetbox serve` serves the web UI at /ui (it needs the `ui` extra); the "
+        "page is open, its calls to the API carry the key typed into it.",
+    )
 
 
 _pinned: Settings | None = None

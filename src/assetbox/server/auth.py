@@ -15,13 +15,23 @@ REDOC_URL = "/redoc"
 OPENAPI_URL = "/openapi.json"
 DOCS_ASSETS = "/docs-assets"
 OPEN_PATHS = {"/health", DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL, OPENAPI_URL}
+# The web UI (mounted by `assetbox serve` when settings.ui is on): its page and Gradio's routes
+# need no key; every call it makes to the API carries the key the user typed into the page.
+UI_PATH = "/ui"
 SCHEME = "APIKey"  # the name of the security scheme in the OpenAPI
 
 
 def is_open(path: str) -> bool:
-    """Whether `path` is answered without a key (health, the docs and their assets)."""
+    """Whether `path` is answered without a key (health, the docs and their assets, the UI)."""
     # ".." never names an asset, and a path with it must not pass here and route elsewhere.
-    return path in OPEN_PATHS or (path.startswith(DOCS_ASSETS + "/") and ".." not in path)
+    if ".." in path:
+        return path in OPEN_PATHS
+    return (
+        path in OPEN_PATHS
+        or path.startswith(DOCS_ASSETS + "/")
+        or path == UI_PATH
+        or path.startswith(UI_PATH + "/")
+    )
 
 
 def key_hashes(settings: Settings) -> list[bytes]:

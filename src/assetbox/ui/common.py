@@ -1,0 +1,162 @@
+"""What every tab shares: the service behind the UI, its errors as Gradio's, jobs followed to
+the end, progress bars, and files handed to Gradio by path (served as URLs, never base64).
+
+The UI talks to the service only over HTTP through `assetbox.client`, with the API key the
+user typed (or the one `assetbox ui --api-key` was given), so it runs the same mounted in the
+service at ``/ui`` and on a laptop against a remote server.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import gradio as gr
+import httpx
+
+from assetbox.client import ApiError, Client
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+# The path the UI is mounted at, in the service and in `assetbox ui` alike.
+UI_PATH = "/ui"
+
+
+@dataclass(frozen=True)
+class Service:
+    """The service the UI drives: its base URL, and the key to use when the user types none."""
+
+    url: str
+    api_key: str | None = None
+    # Where the UI keeps the files it hands to Gradio (outputs, thumbnails); Gradio copies them
+    # into its own cache and serves them by URL.
+    files: Path = Path(tempfile.gettempdir()) / "assetbox-ui"
+
+    def client(self, key: str | None) -> Client:
+        return Client(self.url, api_key=(key or "").strip() or self.api_key, timeout=600)
+
+    def scratch(self) -> Path:
+        """A new folder for one request's files."""
+        self.files.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.files))
+
+
+def error_text(error: ApiError) -> str:
+    where = f" `{error.field}`" if error.field else ""
+    return f"{error.code}{where}: {error.message}"
+
+
+def relay(fn: Callable[P, T]) -> Callable[P, T]:
+    """A handler that relays to the service, with the service's refusals (and an unreachable
+    service) shown to the user as a Gradio error naming the field the service named.
+
+    Relaying handlers wait on the service, not on this process's CPU, so the app's queue gives
+    them no concurrency limit (`assetbox.ui.build`): one user's job never waits for another's.
+    """
+    def convert(error: Exception) -> gr.Error:
+        if isinstance(error, ApiError):
+            return gr.Error(error_text(error))
+        return gr.Error(f"the service cannot be reached: {error}")
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args: P.args, **kwargs: P.kwargs):  # type: ignore[no-untyped-def]
+            try:
+                yield from fn(*args, **kwargs)  # type: ignore[misc]
+            except (ApiError, httpx.TransportError) as error:
+                raise convert(error) from error
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def plain(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (ApiError, httpx.TransportError) as error:
+            raise convert(error) from error
+
+    return plain
+
+
+def follow(client: Client, job_id: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(event, job) for each of the job's events until its end; `job` is kept current from the
+    events (status and progress), and fetched whole at the end (outputs, result, error)."""
+    job = client.job(job_id)
+    if job["status"] in TERMINAL:
+        yield {"type": "status", "data": {"status": job["status"]}}, job
+        return
+    for event in client.events(job_id):
+        data = event.get("data", {})
+        if event.get("type") == "progress":
+            job["progress"] = data
+        elif event.get("type") == "status":
+            job["status"] = data.get("status", job["status"])
+        if job["status"] in TERMINAL:
+            break
+        yield event, job
+    job = client.job(job_id)
+    yield {"type": "status", "data": {"status": job["status"]}}, job
+
+
+def bar(label: str, fraction: float, text: str = "", *, state: str = "running") -> str:
+    """One labelled progress bar as HTML (`state`: queued, running, done, failed)."""
+    width = max(0.0, min(1.0, fraction)) * 100
+    return (
+        f'<div class="ab-bar ab-{html.escape(state)}" role="progressbar" '
+        f'aria-label="{html.escape(label)}" aria-valuenow="{width:.0f}" '
+        f'aria-valuemin="0" aria-valuemax="100">'
+        f'<span class="ab-bar-label">{html.escape(label)}</span>'
+        f'<span class="ab-bar-fill" style="width:{width:.1f}%"></span>'
+        f'<span class="ab-bar-text">{html.escape(text)}</span></div>'
+    )
+
+
+def unit_bars(job: dict[str, Any], labels: list[str]) -> str:
+    """A bar per unit of `job` (the units are the job's images, in order): done units full, the
+    one that reported last at its step, the others waiting."""
+    progress = job.get("progress") or {}
+    done, unit = int(progress.get("done", 0)), progress.get("unit")
+    step, steps = int(progress.get("step", 0)), int(progress.get("steps", 0))
+    status = job.get("status", "queued")
+    parts = []
+    for index, label in enumerate(labels):
+        if status == "succeeded" or index < done and unit != index:
+            parts.append(bar(label, 1, "done", state="done"))
+        elif status in ("failed", "cancelled"):
+            parts.append(bar(label, 0, status, state="failed"))
+        elif unit == index and steps:
+            parts.append(bar(label, step / steps, f"step {step}/{steps}"))
+        else:
+            parts.append(bar(label, 0, status, state="queued"))
+    return '<div class="ab-bars">' + "".join(parts) + "</div>"
+
+
+def save_output(client: Client, job: dict[str, Any], index: int, folder: Path) -> Path:
+    """Output `index` of `job` downloaded into `folder`; the path Gradio serves it from."""
+    output = job["outputs"][index]
+    suffix = Path(output.get("url", "")).suffix or ".png"
+    path = folder / f"{job['id']}-{index}{suffix}"
+    path.write_bytes(client.output(job["id"], index))
+    return path
+
+
+CSS = """
+.ab-bars { display: flex; flex-direction: column; gap: 4px; }
+.ab-bar { position: relative; height: 22px; border-radius: 4px; overflow: hidden;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
+.ab-bar-fill { position: absolute; left: 0; top: 0; bottom: 0; background: #6aa6ff; }
+.ab-done .ab-bar-fill { background: #47b36b; }
+.ab-failed .ab-bar-fill { background: #d9534f; width: 100% !important; opacity: .35; }
+.ab-bar-label, .ab-bar-text { position: relative; z-index: 1; font-size: 12px; padding: 0 6px;
+  line-height: 22px; }
+.ab-bar-text { float: right; }
+"""
