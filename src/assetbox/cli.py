@@ -790,13 +790,12 @@ def serve(
     configure_json_logs()
     import uvicorn
 
+    from assetbox.config import get_settings
     from assetbox.server import create_app
 
-    # log_config=None: uvicorn's loggers keep no handlers of their own and reach our JSON
-    # handler (its default config prints plain text). Our JSON request log replaces its
+    # log_config=None (below): uvicorn's loggers keep no handlers of their own and reach our
+    # JSON handler (its default config prints plain text). Our JSON request log replaces its
     # access log.
-    from assetbox.config import get_settings
-
     service = create_app()
     settings = get_settings()
     if settings.ui:

@@ -61,9 +61,7 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 
 @pytest.fixture(scope="session")
-def ui_data_dir(
-    tiny_models: Path, tiny_captioners: dict, builtin_store, tmp_path_factory
-) -> Path:
+def ui_data_dir(tiny_models: Path, tiny_captioners: dict, builtin_store, tmp_path_factory) -> Path:
     """A data directory with the built-in upscalers, tiny SD 1.5/SDXL (+ ControlNet, LoRA) and
     the tiny Qwen2.5-VL captioner."""
     from assetbox.models.importer import import_model

@@ -61,6 +61,7 @@ def relay(fn: Callable[P, T]) -> Callable[P, T]:
     Relaying handlers wait on the service, not on this process's CPU, so the app's queue gives
     them no concurrency limit (`assetbox.ui.build`): one user's job never waits for another's.
     """
+
     def convert(error: Exception) -> gr.Error:
         if isinstance(error, ApiError):
             return gr.Error(error_text(error))
@@ -88,9 +89,15 @@ def relay(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 def follow(client: Client, job_id: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(event, job) for each of the job's events until its end; `job` is kept current from the
-    events (status and progress), and fetched whole at the end (outputs, result, error)."""
+    """(event, job) for each of the job's events until its end.
+
+    `job` is kept current from the events: ``status``, ``progress``, and ``units`` (unit index
+    → its last status: running, done, pending after a failure that is retried, failed); at the
+    end it is fetched whole (outputs, result, error), ``units`` kept.
+    """
     job = client.job(job_id)
+    units: dict[int, str] = {}
+    job["units"] = units
     if job["status"] in TERMINAL:
         yield {"type": "status", "data": {"status": job["status"]}}, job
         return
@@ -98,12 +105,16 @@ def follow(client: Client, job_id: str) -> Iterator[tuple[dict[str, Any], dict[s
         data = event.get("data", {})
         if event.get("type") == "progress":
             job["progress"] = data
+            if data.get("unit") is not None and units.get(data["unit"]) != "done":
+                units[data["unit"]] = "running"
+        elif event.get("type") == "unit":
+            units[data["index"]] = data["status"]
         elif event.get("type") == "status":
             job["status"] = data.get("status", job["status"])
         if job["status"] in TERMINAL:
             break
         yield event, job
-    job = client.job(job_id)
+    job = client.job(job_id) | {"units": units}
     yield {"type": "status", "data": {"status": job["status"]}}, job
 
 
@@ -121,22 +132,23 @@ def bar(label: str, fraction: float, text: str = "", *, state: str = "running") 
 
 
 def unit_bars(job: dict[str, Any], labels: list[str]) -> str:
-    """A bar per unit of `job` (the units are the job's images, in order): done units full, the
-    one that reported last at its step, the others waiting."""
+    """A bar per unit of `job` (as `follow` keeps it; the units are the job's images, in
+    order): done units full, a running one at its step, the others waiting."""
     progress = job.get("progress") or {}
-    done, unit = int(progress.get("done", 0)), progress.get("unit")
-    step, steps = int(progress.get("step", 0)), int(progress.get("steps", 0))
+    units = job.get("units") or {}
     status = job.get("status", "queued")
     parts = []
     for index, label in enumerate(labels):
-        if status == "succeeded" or index < done and unit != index:
+        state = "done" if status == "succeeded" else units.get(index, "queued")
+        if state == "done":
             parts.append(bar(label, 1, "done", state="done"))
-        elif status in ("failed", "cancelled"):
-            parts.append(bar(label, 0, status, state="failed"))
-        elif unit == index and steps:
+        elif state == "failed" or status in ("failed", "cancelled"):
+            parts.append(bar(label, 0, status if state != "failed" else "failed", state="failed"))
+        elif state == "running" and progress.get("unit") == index and progress.get("steps"):
+            step, steps = int(progress["step"]), int(progress["steps"])
             parts.append(bar(label, step / steps, f"step {step}/{steps}"))
         else:
-            parts.append(bar(label, 0, status, state="queued"))
+            parts.append(bar(label, 0, "running" if state == "running" else status, state=state))
     return '<div class="ab-bars">' + "".join(parts) + "</div>"
 
 
