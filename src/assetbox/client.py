@@ -152,3 +152,7 @@ class Client:
 
     def models(self, **filters: Any) -> list[dict[str, Any]]:
         return self._json(self._http.get("/v1/models", params=filters))["data"]
+
+    def delete_model(self, model_id: str) -> dict[str, Any]:
+        """Delete a model from the store; its manifest. Raises ApiError (404: no such model)."""
+        return self._json(self._http.delete(f"/v1/models/{model_id}"))
