@@ -453,14 +453,19 @@ def test_webhook_to_a_private_address_is_refused(client: TestClient, small_png: 
     assert response.status_code == 422 and response.json()["field"] == "webhook_url"
 
 
-def upload_in_chunks(client: TestClient, data: bytes, name: str, sha: str | None = None) -> str:
+def upload_in_chunks(
+    client: TestClient, data: bytes, name: str, sha: str | None = None, *, announce: bool = True
+) -> str:
+    """Upload `data` in two chunks with a refused wrong offset between them; announce `sha`
+    (default: the data's own) unless `announce` is False."""
     import hashlib
 
-    created = client.post(
-        "/v1/models/uploads",
-        json={"name": name, "size": len(data), "sha256": sha or hashlib.sha256(data).hexdigest()},
-    )
+    body: dict = {"name": name, "size": len(data)}
+    if announce:
+        body["sha256"] = sha or hashlib.sha256(data).hexdigest()
+    created = client.post("/v1/models/uploads", json=body)
     assert created.status_code == 201, created.text
+    assert created.json()["sha256"] == body.get("sha256")
     upload_id = created.json()["id"]
     half = len(data) // 2
     first = client.put(
@@ -492,6 +497,7 @@ def test_chunked_model_upload_resumes_and_imports(client: TestClient, builtin_st
     done = client.post(f"/v1/models/uploads/{upload_id}/complete")
     assert done.status_code == 201, done.text
     assert (done.json()["id"], done.json()["architecture"]) == ("my-compact", "Compact")
+    assert done.json()["source"].startswith("upload of My Compact.safetensors (sha256 ")
     assert "my-compact" in [m["id"] for m in client.get("/v1/models").json()["data"]]
 
 
@@ -505,6 +511,36 @@ def test_upload_with_a_wrong_sha256_is_rejected_and_store_unchanged(
     assert done.status_code == 422 and done.json()["field"] == "sha256"
     assert client.get("/v1/models").json()["data"] == before
     assert client.get(f"/v1/models/uploads/{upload_id}").status_code == 404  # discarded
+
+
+def test_upload_without_a_sha256_is_hashed_by_the_server(client: TestClient, builtin_store) -> None:
+    import hashlib
+
+    data = (builtin_store.path("realesr-animevideov3-x2") / "model.safetensors").read_bytes()
+    upload_id = upload_in_chunks(client, data, "Unhashed.safetensors", announce=False)
+    done = client.post(f"/v1/models/uploads/{upload_id}/complete")
+    assert done.status_code == 201, done.text
+    manifest = done.json()
+    # The hash of the bytes that arrived (the stored weights are re-saved, so their own
+    # `sha256` is another one).
+    assert manifest["source"] == (
+        f"upload of Unhashed.safetensors (sha256 {hashlib.sha256(data).hexdigest()})"
+    )
+    assert (manifest["id"], manifest["architecture"]) == ("unhashed", "Compact")
+    assert client.get(f"/v1/models/uploads/{upload_id}").status_code == 404  # finished
+
+
+def test_an_incomplete_upload_without_a_sha256_is_refused(client: TestClient) -> None:
+    created = client.post("/v1/models/uploads", json={"name": "part.safetensors", "size": 10})
+    upload_id = created.json()["id"]
+    client.put(
+        f"/v1/models/uploads/{upload_id}",
+        content=b"12345",
+        headers={"Content-Range": "bytes 0-4/10"},
+    )
+    done = client.post(f"/v1/models/uploads/{upload_id}/complete")
+    assert done.status_code == 422 and done.json()["field"] == "size"
+    assert client.get(f"/v1/models/uploads/{upload_id}").json()["next_offset"] == 5
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,16 @@
 """Resumable chunked uploads of model files, finished by an import into the store.
 
-An upload is announced with its name, size and sha256, receives chunks at the offset it has
-reached (so a broken connection resumes from `next_offset`), and is completed by checking size and
-sha256 and importing the file (spandrel detection; `.pth` through the weights-only unpickler). A
-refused completion leaves the store as it was.
+An upload is announced with its name, size and (optionally) sha256, receives chunks at the offset
+it has reached (so a broken connection resumes from `next_offset`), and is completed by checking
+size and sha256 and importing the file (spandrel detection; `.pth` through the weights-only
+unpickler). A refused completion leaves the store as it was.
+
+The sha256 is optional because a browser cannot hash a multi-GB file without reading it twice
+(WebCrypto has no incremental SHA-256). Without one the file is taken as received; either way the
+server hashes it at completion and records that hash in the manifest's `source`. It hashes there
+rather than chunk by chunk because completion reads the whole file anyway to check an announced
+hash, and a hash state kept in memory would not survive a restart between two chunks of a resumed
+upload.
 """
 
 from __future__ import annotations
@@ -33,7 +40,12 @@ class UploadCreate(BaseModel):
     name: str = Field(description="file name, e.g. 4x-UltraSharp.safetensors")
     kind: ModelKind = "upscaler"
     size: int = Field(gt=0, le=64 * 1024**3)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="of the whole file, checked at completion; leave out to have the server "
+        "hash it",
+    )
     id: str | None = Field(default=None, description="store id; default: from the name")
 
 
@@ -42,7 +54,7 @@ class UploadState(BaseModel):
     name: str
     kind: ModelKind
     size: int
-    sha256: str
+    sha256: str | None = None
     model_id: str
     next_offset: int = 0
 
@@ -128,10 +140,11 @@ class Uploads:
         return state
 
     def complete(self, upload_id: str) -> ModelManifest:
-        """Check size and sha256, import the file, forget the upload.
+        """Check size and the announced sha256 (if any), import the file, forget the upload.
 
         Raises:
-            InvalidInput: incomplete, or a sha256 that does not match (the upload is discarded).
+            InvalidInput: incomplete, or an announced sha256 that does not match (the upload is
+                discarded).
             UnsupportedFormat, ModelError: the file is no known upscaler (store unchanged).
         """
         state = self.get(upload_id)
@@ -141,7 +154,7 @@ class Uploads:
                 f"the upload has {state.next_offset} of {state.size} bytes", field="size"
             )
         actual = sha256_file(part)
-        if actual != state.sha256:
+        if state.sha256 is not None and actual != state.sha256:
             self.discard(upload_id)
             raise InvalidInput(
                 f"the uploaded bytes have sha256 {actual}, not the announced "
@@ -155,7 +168,9 @@ class Uploads:
                 self.store,
                 named,
                 model_id=state.model_id,
-                source=f"upload of {state.name}",
+                # The uploaded file's hash, which for a converted `.pth` differs from the
+                # manifest's `sha256` (of the stored weights).
+                source=f"upload of {state.name} (sha256 {actual})",
                 expected_kind=state.kind,
             )
         finally:

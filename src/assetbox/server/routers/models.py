@@ -43,7 +43,8 @@ def _uploads(settings) -> Uploads:
 
 @router.post("/uploads", response_model=UploadState, status_code=201)
 def create_upload(body: UploadCreate, settings: SettingsDep) -> UploadState:
-    """Announce a model file (name, kind, size, sha256); send it with PUT in chunks."""
+    """Announce a model file (name, kind, size, optionally sha256); send it with PUT in chunks.
+    Without a sha256 the server hashes the file at completion and records it in `source`."""
     return _uploads(settings).create(body)
 
 
@@ -77,7 +78,8 @@ async def put_chunk(
 
 @router.post("/uploads/{upload_id}/complete", response_model=ModelManifest, status_code=201)
 def complete_upload(upload_id: str, settings: SettingsDep) -> ModelManifest:
-    """Check size and sha256, detect the model and move it into the store."""
+    """Check size and the announced sha256 (if any), detect the model and move it into the
+    store."""
     return _uploads(settings).complete(upload_id)
 
 
