@@ -702,7 +702,8 @@ def caption(
             CaptionRequest(**request)  # bad options fail here, before any job exists
         except ValidationError as exc:
             raise InvalidInput.from_validation(exc) from exc
-        job_id, (result,) = _run_job("caption", request, inputs, server, progress="units")
+        # Tile mode adds the preview image as a second output; the table is the captions.
+        job_id, (result, *_) = _run_job("caption", request, inputs, server, progress="units")
         found = json.loads(result.data)
     except AssetboxError as exc:
         raise _fail(exc, as_json) from exc
@@ -737,6 +738,21 @@ def _caption_table(found: dict, names: list[str], tiles: bool) -> None:
 
 
 GRACEFUL_SHUTDOWN_S = 2  # for open HTTP connections, before the engine stops
+
+
+def service_app(host: str, port: int):
+    """The service `assetbox serve` runs: the API, and the web UI at /ui unless the `ui`
+    setting is off. The UI drives this same service over HTTP, as it would from a laptop."""
+    from assetbox.config import get_settings
+    from assetbox.server import create_app
+
+    app = create_app()
+    settings = get_settings()
+    if settings.ui:
+        from assetbox import ui
+
+        ui.mount(app, ui.Service(_own_url(host, port), files=settings.data_dir / "ui"))
+    return app
 
 
 def _own_url(host: str, port: int) -> str:
@@ -782,27 +798,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7000,
 ) -> None:
-    """Run the HTTP API (OpenAPI docs at /docs) on embedded defaults: SQLite and files under
-    the data directory, local workers."""
+    """Run the HTTP API (OpenAPI docs at /docs) and the web UI (/ui) on embedded defaults:
+    SQLite and files under the data directory, local workers."""
     from assetbox.logs import configure_json_logs
 
     # First: it turns progress bars off through variables that libraries read on import.
     configure_json_logs()
     import uvicorn
 
-    from assetbox.config import get_settings
-    from assetbox.server import create_app
-
     # log_config=None (below): uvicorn's loggers keep no handlers of their own and reach our
     # JSON handler (its default config prints plain text). Our JSON request log replaces its
     # access log.
-    service = create_app()
-    settings = get_settings()
-    if settings.ui:
-        # The UI mounted here drives this same service over HTTP, as it would from a laptop.
-        from assetbox import ui
-
-        ui.mount(service, ui.Service(_own_url(host, port), files=settings.data_dir / "ui"))
+    service = service_app(host, port)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
