@@ -53,15 +53,15 @@ $(SERVE_STAMP): pyproject.toml
 	touch $(SERVE_STAMP)
 
 # The test tools (pytest, ruff, import-linter, ray, schemathesis, hypothesis, scikit-image,
-# torchao, Playwright) on top, and Debian's headless Chromium for the browser tests when no
-# Chromium is on the PATH (Playwright drives it; `playwright install` would download one).
+# torchao, Playwright) on top.
 $(DEV_STAMP): $(SERVE_STAMP)
 	$(PIP) install -q -e ".[dev,ui]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
 		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
 		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
-	$(MAKE) --no-print-directory chromium
 	touch $(DEV_STAMP)
 
+# Debian's headless Chromium for the browser tests, when no Chromium is on the PATH: Playwright
+# drives it (`playwright install` would download a browser of its own, which fails offline).
 chromium:
 	@if command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null; then :; \
 	else \
@@ -87,7 +87,7 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest
 
 bench: $(DEV_STAMP)

@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_TOOLS = ["pytest", "ray", "schemathesis", "hypothesis", "ruff", "scikit-image", "torchao"]
+DEV_TOOLS += ["playwright"]
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
@@ -56,15 +57,22 @@ def mentions_dev(line: str) -> bool:
 def test_serve_installs_no_test_tools(checkout: Path) -> None:
     lines = dry_run(checkout, "serve")
     assert installs(lines), lines  # it does install, on first use
-    assert any('-e "."' in line for line in installs(lines))
+    assert any('-e ".[ui]"' in line for line in installs(lines))  # the web UI at /ui
     assert not [line for line in installs(lines) if mentions_dev(line)]
+    assert not [line for line in lines if "apt-get" in line]
     assert lines[-1].endswith("assetbox serve --host 127.0.0.1 --port 7000")
 
 
 def test_test_installs_the_dev_extra(checkout: Path) -> None:
     lines = dry_run(checkout, "test")
-    assert any('-e ".[dev]"' in line for line in installs(lines))
+    assert any('-e ".[dev,ui]"' in line for line in installs(lines))
     assert any("pytest" in line for line in lines)
+    # The browser tests' Chromium, from Debian, only where none is on the PATH.
+    commands = "\n".join(lines).replace("\\\n", " ").splitlines()  # continuations joined
+    chromium = [line for line in commands if "apt-get install" in line]
+    assert len(chromium) == 1 and "chromium-headless-shell" in chromium[0]
+    assert "command -v chromium-headless-shell" in chromium[0]
+    assert not [line for line in lines if "playwright install" in line]
 
 
 def stamp(folder: Path, *names: str) -> None:
@@ -77,7 +85,7 @@ def stamp(folder: Path, *names: str) -> None:
 def test_serve_then_test_adds_only_the_dev_extra(checkout: Path) -> None:
     stamp(checkout, ".installed-serve")
     lines = installs(dry_run(checkout, "test"))
-    assert len(lines) == 1 and '-e ".[dev]"' in lines[0]
+    assert len(lines) == 1 and '-e ".[dev,ui]"' in lines[0]
 
 
 def test_test_then_serve_installs_nothing(checkout: Path) -> None:
