@@ -36,6 +36,17 @@ def test_client_upscale_follow_and_download(api: Client) -> None:
     assert len(api.models(architecture="ESRGAN")) == 2
 
 
+def test_client_lists_a_jobs_units(api: Client) -> None:
+    png = encode_pil(np.ascontiguousarray(photo("chelsea")[:40, :56]))
+    job = api.wait(api.upscale(png, model="realesr-animevideov3-x2")["id"])
+    units = api.units(job["id"])
+    assert units == [{"index": 0, "status": "done", "attempts": 1}]
+    assert len(units) == job["progress"]["total"]
+    with pytest.raises(ApiError) as info:
+        api.units("nope")
+    assert info.value.status == 404
+
+
 def test_client_raises_api_errors_with_the_field(api: Client) -> None:
     with pytest.raises(ApiError) as info:
         api.upscale(b"not an image")

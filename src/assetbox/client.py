@@ -117,6 +117,12 @@ class Client:
     def jobs(self, **filters: Any) -> list[dict[str, Any]]:
         return self._json(self._http.get("/v1/jobs", params=filters))["data"]
 
+    def units(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's units in order (``index``, ``status``, ``attempts``, ``error``, and
+        ``tiles`` for a tiled upscale or tile caption job); empty until the job is planned.
+        Raises ApiError (404) for an unknown job."""
+        return self._json(self._http.get(f"/v1/jobs/{job_id}/units"))["data"]
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json(self._http.post(f"/v1/jobs/{job_id}/cancel"))
 

@@ -99,6 +99,45 @@ def test_tile_mode_matches_the_upscale_plan(client) -> None:
     assert len({c["caption"] for c in result["captions"]}) > 1  # each tile its own caption
 
 
+def test_tile_mode_gives_a_preview_of_the_pre_upscaled_tiles_and_units_name_their_tiles(
+    client,
+) -> None:
+    from assetbox.imaging.resize import resize_lanczos
+
+    small = np.asarray(Image.fromarray(photo("coffee")).resize((150, 100), Image.LANCZOS))
+    grid = {"scale": 4, "tile": 256, "overlap": 64, "pre_upscale": "lanczos"}
+    body = {"model": MODEL, "image": png(small), "tiles": grid, "max_tokens": 4, "batch": 4}
+    job = client.post("/v1/caption", json=body, headers=WAIT).json()
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert result["preview"] == {"output": 1, "scale": 0.75}  # 256 px tiles -> 192 px
+    assert all("thumbnail" not in c for c in result["captions"])
+    saved = client.get(job["outputs"][0]["url"]).json()
+    assert "preview" not in saved and saved["captions"] == result["captions"]
+    assert job["outputs"][1]["media_type"] == "image/png"
+    preview = np.asarray(Image.open(io.BytesIO(client.get(job["outputs"][1]["url"]).content)))
+    assert preview.shape == (300, 450, 3)  # the 600x400 canvas at 0.75
+
+    pre = resize_lanczos(small, (600, 400))  # what the job's "lanczos" pre-upscale gives
+    # The last tile is pasted last: its place in the preview is its crop's thumbnail exactly.
+    x, y, w, h = result["captions"][-1]["box"]
+    last = resize_lanczos(np.ascontiguousarray(pre[y : y + h, x : x + w]), (192, 192))
+    assert np.array_equal(preview[-192:, -192:], last)
+    # Everywhere else it is the whole canvas scaled down, up to resampling at tile borders.
+    whole = resize_lanczos(pre, (450, 300)).astype(int)
+    assert np.abs(preview.astype(int) - whole).mean() < 1.5
+    for c in result["captions"]:
+        x, y, w, h = (round(v * 0.75) for v in c["box"])
+        region = np.abs(preview[y : y + h, x : x + w].astype(int) - whole[y : y + h, x : x + w])
+        assert region.mean() < 3, c["id"]  # each tile at its own place
+
+    units = client.get(f"/v1/jobs/{job['id']}/units").json()["data"]
+    assert [u["index"] for u in units] == list(range(len(units))) and len(units) > 1
+    assert all(u["status"] == "done" and u["attempts"] == 1 and "error" not in u for u in units)
+    assert [t for u in units for t in u["tiles"]] == [c["id"] for c in result["captions"]]
+    assert client.get("/v1/jobs/nope/units").status_code == 404
+
+
 def test_cancel_stops_between_tokens(client) -> None:
     # Sixteen images in one batch, captions of up to 1024 tokens: a unit of several seconds.
     body = {"model": MODEL, "images": photos() * 4, "batch": 16, "max_tokens": 1024}

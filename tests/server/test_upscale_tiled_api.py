@@ -160,3 +160,35 @@ def test_an_output_smaller_than_a_tile_is_one_tile_of_its_size(data_dir: Path) -
         ).json()
         image = np.asarray(Image.open(io.BytesIO(output(client, job))))
         assert image.shape == (96, 128, 3) and job["progress"]["total"] == 1
+
+
+def test_units_name_their_tiles_and_the_result_reports_each_tiles_prompt(data_dir: Path) -> None:
+    small = np.ascontiguousarray(photo_256()[::2, ::2][:96, :96])
+    overrides = {
+        "0_0": {"prompt": "a red brick wall"},
+        "0_1": {"skip": True},
+        "1_0": {"strength": 0.6},
+    }
+    request = body(
+        image=png_b64(small), tile=128, overlap=32, steps=2, controlnet=None, loras=[]
+    ) | {"tiles": overrides}
+    with make_client(data_dir) as client:
+        job = client.post("/v1/upscale", json=request, headers=WAIT).json()
+        assert job["status"] == "succeeded", job
+        assert job["result"]["tiles"] == [
+            {"id": "0_0", "strength": 0.5, "prompt": "a red brick wall"},
+            {"id": "0_1", "skip": True},
+            {"id": "1_0", "strength": 0.6, "prompt": "an astronaut, oil painting"},
+            {"id": "1_1", "strength": 0.5, "prompt": "an astronaut, oil painting"},
+        ]
+        units = client.get(f"/v1/jobs/{job['id']}/units").json()["data"]
+        assert [(u["index"], u["tiles"], u["status"]) for u in units] == [
+            (0, ["0_0"], "done"),
+            (1, ["0_1"], "done"),
+            (2, ["1_0"], "done"),
+            (3, ["1_1"], "done"),
+        ]
+        gan = {"image": png_b64(small[:32, :32]), "model": "realesr-animevideov3-x2"}
+        plain = client.post("/v1/upscale", json=gan, headers=WAIT).json()
+        (unit,) = client.get(f"/v1/jobs/{plain['id']}/units").json()["data"]
+        assert unit == {"index": 0, "status": "done", "attempts": 1}  # gan windows: no tiles

@@ -56,6 +56,7 @@ from assetbox.engine.jobs import (
     JobOutput,
     JobProgress,
     JobStatus,
+    Unit,
     UnitStatus,
 )
 from assetbox.engine.owner import DataDirOwner
@@ -303,6 +304,22 @@ class Engine:
                 return job
             with self._wake:
                 self._wake.wait(timeout=0.05 if left is None else min(0.05, left))
+
+    def units(self, job_id: str) -> list[tuple[Unit, dict[str, Any]]]:
+        """The job's units in order (none before it is planned), each with what its kind says
+        the unit holds: the planner's optional ``describe_unit(request, payload)`` (e.g. the
+        tile ids of a tiled upscale's batch), else nothing.
+
+        Raises:
+            NotFound: no such job.
+        """
+        job = self.store.get(job_id)
+        units = self.store.units(job_id)
+        describe = getattr(self.planners.get(job.kind), "describe_unit", None)
+        if describe is None or not units:
+            return [(unit, {}) for unit in units]
+        request = self.planners[job.kind].request_model.model_validate(job.request)
+        return [(unit, describe(request, unit.payload)) for unit in units]
 
     async def events(self, job_id: str, since: int = 0) -> AsyncIterator[JobEvent]:
         """Events after `since`, as they come, ending after the job's terminal status event

@@ -51,6 +51,12 @@ class AssembledOutput:
 
 
 class Planner(Protocol):
+    """The three steps every kind has. Optional methods, found with `getattr`: ``check(request,
+    data_dir)`` (refusals at submit), ``fill(request)`` (draws at queueing, e.g. seeds) and
+    ``describe_unit(request, payload) -> dict`` (what a unit holds in the kind's own terms, shown
+    by ``GET /v1/jobs/{id}/units``, e.g. ``{"tiles": [ids]}``; it must not fail for a payload its
+    `plan` made)."""
+
     kind: str
     request_model: type[BaseModel]
 

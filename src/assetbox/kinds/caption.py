@@ -7,11 +7,19 @@ the output's size and scaled down to the captioner's pixel cap by its processor.
 
 A unit is a batch of images or tiles (``batch``, one forward pass each step); it reports a step
 per generated token and stops between tokens when cancelled. The captions are the job's
-`result` (``GET /v1/jobs/{id}``) and its one output, ``captions.json``.
+`result` (``GET /v1/jobs/{id}``) and its first output, ``captions.json``.
+
+Tile mode also shows what the tiles look like before they are redrawn: each unit returns a
+thumbnail of every tile's pre-upscaled crop beside its caption (the units are the only place
+the pre-upscaled image exists), and the job's second output is the *preview*: those thumbnails
+pasted at their place into one image of the whole pre-upscaled canvas at ``result.preview.scale``
+(a tile's box times the scale is its place in the preview). A UI shows a mosaic of the tiles
+from it without pre-upscaling anything itself.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections.abc import Sequence
@@ -25,7 +33,15 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput, NotFound
-from assetbox.imaging import decode_image, extract_tile, to_uint8, verify_image
+from assetbox.imaging import (
+    TilePlan,
+    decode_image,
+    encode_image,
+    extract_tile,
+    to_uint8,
+    verify_image,
+)
+from assetbox.imaging.resize import resize_lanczos
 from assetbox.kinds.tiles import MAX_TILES, TileSource, check_source, pre_upscaled, tile_plan
 from assetbox.models.captioner_import import TRANSFORMERS_DIR
 from assetbox.models.store import KINDS, ModelManifest, ModelStore
@@ -38,6 +54,10 @@ from assetbox.pipelines.caption import (
 
 MAX_IMAGES = 64
 MAX_SEED = 2**32 - 1
+# Tile mode: a tile's thumbnail has this longest side (never more than the tile itself): big
+# enough to recognise the tile in a mosaic, small enough that a 16K plan's preview stays a few
+# thousand pixels wide.
+THUMBNAIL = 192
 
 
 class CaptionOptions(BaseModel):
@@ -153,6 +173,49 @@ def lease_captioner(manifest: ModelManifest, ctx: UnitContext) -> AbstractContex
     )
 
 
+def preview_scale(plan: TilePlan) -> float:
+    """The preview's scale: a tile's longest side becomes at most `THUMBNAIL` px."""
+    return min(1.0, THUMBNAIL / max(plan.tile_width, plan.tile_height))
+
+
+def _span(start: int, length: int, scale: float, limit: int) -> tuple[int, int]:
+    """Where [start, start + length) falls in the preview: both ends rounded on their own, so
+    that neighbours without overlap meet without a gap, cut at the preview's edge (a tile
+    padded past a short side)."""
+    return round(start * scale), min(limit, round((start + length) * scale))
+
+
+def preview_size(plan: TilePlan) -> tuple[int, int]:
+    scale = preview_scale(plan)
+    return max(1, round(plan.width * scale)), max(1, round(plan.height * scale))
+
+
+def thumbnail(plan: TilePlan, tile_id: str, crop: np.ndarray) -> bytes:
+    """The tile's crop as a PNG of exactly its place in the preview."""
+    tile = plan.tile(tile_id)
+    scale = preview_scale(plan)
+    width, height = preview_size(plan)
+    x0, x1 = _span(tile.x, tile.width, scale, width)
+    y0, y1 = _span(tile.y, tile.height, scale, height)
+    # The crop past the canvas (reflected padding) has no place in the preview.
+    visible = crop[: plan.height - tile.y, : plan.width - tile.x]
+    return encode_image(resize_lanczos(np.ascontiguousarray(visible), (x1 - x0, y1 - y0)), "png")
+
+
+def paste_preview(plan: TilePlan, thumbnails: dict[str, bytes]) -> np.ndarray:
+    """The preview: every tile's thumbnail at its place, in plan order (later tiles over the
+    overlap of earlier ones, as the mosaic shows them)."""
+    width, height = preview_size(plan)
+    scale = preview_scale(plan)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    for tile in plan:
+        x0, _ = _span(tile.x, tile.width, scale, width)
+        y0, _ = _span(tile.y, tile.height, scale, height)
+        pixels = decode_image(thumbnails[tile.id], field="thumbnail").rgb
+        canvas[y0 : y0 + pixels.shape[0], x0 : x0 + pixels.shape[1]] = pixels
+    return canvas
+
+
 class CaptionPlanner:
     kind = "caption"
     request_model = CaptionRequest
@@ -199,6 +262,11 @@ class CaptionPlanner:
             for i in range(0, len(items), request.batch)
         ]
 
+    def describe_unit(self, request: BaseModel, payload: dict[str, Any]) -> dict[str, Any]:
+        """Tile mode: the unit's tile ids; images mode: nothing (its items are the images)."""
+        assert isinstance(request, CaptionRequest)
+        return {"tiles": payload["items"]} if request.tiles is not None else {}
+
     @staticmethod
     def _rgb(ref: str, data_dir: Path, cache: dict[str, Any], field: str) -> np.ndarray:
         key = f"caption-image:{ref}"
@@ -228,6 +296,15 @@ class CaptionPlanner:
         store = ModelStore(ctx.data_dir / "models")
         manifest = captioner(store, request.model)
         pixels = self._pixels(request, payload["items"], ctx)
+        thumbnails: list[str | None] = [None] * len(pixels)
+        if request.tiles is not None:
+            assert request.image is not None
+            rgb = self._rgb(request.image, ctx.data_dir, ctx.cache, "image")
+            plan = tile_plan(rgb.shape[1], rgb.shape[0], request.tiles)
+            thumbnails = [
+                base64.b64encode(thumbnail(plan, tile_id, crop)).decode()
+                for tile_id, crop in zip(payload["items"], pixels, strict=True)
+            ]
         with lease_captioner(manifest, ctx) as model:
             captions = caption(
                 model,
@@ -241,7 +318,11 @@ class CaptionPlanner:
                 report_token=ctx.report_step,
                 should_stop=ctx.should_stop,
             )
-        return json.dumps([{"caption": c.text, "tokens": c.tokens} for c in captions]).encode()
+        found = [{"caption": c.text, "tokens": c.tokens} for c in captions]
+        for entry, thumb in zip(found, thumbnails, strict=True):
+            if thumb is not None:
+                entry["thumbnail"] = thumb
+        return json.dumps(found).encode()
 
     def assemble(
         self, request: BaseModel, results: Sequence[bytes], data_dir: Path
@@ -256,20 +337,38 @@ class CaptionPlanner:
             _, width, height = verify_image(blob_path(data_dir, request.image).read_bytes())
             plan = tile_plan(width, height, request.tiles)
             summary.update(width=plan.width, height=plan.height, rows=plan.rows, cols=plan.cols)
+        thumbnails: dict[str, bytes] = {}
         for unit, data in zip(units, results, strict=True):
             for item, found in zip(unit["items"], json.loads(data), strict=True):
                 if plan is None:
                     captions.append({"index": item, **found})
-                else:
-                    tile = plan.tile(item)
-                    box = [tile.x, tile.y, tile.width, tile.height]
-                    captions.append({"id": item, "box": box, **found})
+                    continue
+                thumbnails[item] = base64.b64decode(found.pop("thumbnail"))
+                tile = plan.tile(item)
+                box = [tile.x, tile.y, tile.width, tile.height]
+                captions.append({"id": item, "box": box, **found})
         summary["captions"] = captions
+        # captions.json is the captions and the grid; the preview is named on the result only.
+        captions_json = json.dumps(summary, indent=1).encode()
+        previews = []
+        if plan is not None:
+            preview = paste_preview(plan, thumbnails)
+            summary["preview"] = {"output": 1, "scale": preview_scale(plan)}
+            previews.append(
+                AssembledOutput(
+                    data=encode_image(preview, "png"),
+                    media_type="image/png",
+                    extension="png",
+                    width=preview.shape[1],
+                    height=preview.shape[0],
+                )
+            )
         return [
             AssembledOutput(
-                data=json.dumps(summary, indent=1).encode(),
+                data=captions_json,
                 media_type="application/json",
                 extension="json",
                 summary=summary,
-            )
+            ),
+            *previews,
         ]

@@ -235,6 +235,11 @@ class UpscalePlanner:
             for i in range(0, len(ids), WINDOWS_PER_UNIT)
         ]
 
+    def describe_unit(self, request: BaseModel, payload: dict[str, Any]) -> dict[str, Any]:
+        """A diffusion unit's tiles (ids of the output's plan, as `/v1/upscale/plan` shows);
+        nothing for gan mode, whose windows are no plan a client knows."""
+        return {"tiles": payload["tiles"]} if tiled.is_diffusion(request) else {}
+
     def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
         assert isinstance(request, UpscaleRequest)
         if tiled.is_diffusion(request):

@@ -469,7 +469,8 @@ def _captions(
 
 
 def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[AssembledOutput]:
-    """Blend every tile (row by row, in bands), encode, and report captions and failures."""
+    """Blend every tile (row by row, in bands), encode, and report each tile's prompt and
+    strength, the captions and failures."""
     started = time.perf_counter()
     image = input_image(request, data_dir, {})
     plan = plan_for(request, image.width, image.height)
@@ -502,7 +503,7 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
     data = encode_image(
         DecodedImage(rgb=out, alpha=alpha, format=fmt), fmt, quality=request.quality
     )
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"tiles": tile_report(request, plan, captions)}
     if captions:
         summary["captions"] = [{"id": k, "caption": v} for k, v in sorted(captions.items())]
     if failed:
@@ -519,6 +520,25 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
             height=plan.height,
             seed=request.seed,
             timings_ms={"assemble": round((time.perf_counter() - started) * 1000, 1)},
-            summary=summary or None,
+            summary=summary,
         )
     ]
+
+
+def tile_report(request: Any, plan: TilePlan, captions: dict[str, str]) -> list[dict[str, Any]]:
+    """What each tile was given, in plan order: ``{"id", "strength", "prompt"}`` for a redrawn
+    tile (its prompt as the denoiser got it: override, or global prompt and caption);
+    ``{"id", "skip": true}`` for one that kept its pre-upscaled pixels by request; a tile at
+    strength 0 has no prompt (nothing was drawn)."""
+    report: list[dict[str, Any]] = []
+    for tile in plan:
+        override = request.tiles.get(tile.id)
+        if override is not None and override.skip:
+            report.append({"id": tile.id, "skip": True})
+            continue
+        strength = _strength(request, tile.id)
+        entry: dict[str, Any] = {"id": tile.id, "strength": strength}
+        if strength > 0:
+            entry["prompt"] = tile_prompt(request, tile.id, captions.get(tile.id))
+        report.append(entry)
+    return report

@@ -12,6 +12,7 @@ from assetbox.engine.jobs import (
     JobError,
     JobProgress,
     JobStatus,
+    UnitStatus,
     UploadOutcome,
     WebhookOutcome,
 )
@@ -158,3 +159,21 @@ class JobsPublic(BaseModel):
     data: list[JobPublic]
     limit: int
     offset: int
+
+
+class UnitPublic(BaseModel):
+    """One unit of a job: how far it is, and what it holds when its kind says (tiles)."""
+
+    index: int
+    status: UnitStatus
+    attempts: int = Field(description="times a worker took it (a retried unit counts each)")
+    error: JobError | None = Field(default=None, description="its last failure")
+    tiles: list[str] | None = Field(
+        default=None,
+        description="tile ids (as `/v1/upscale/plan` names them) of a tiled upscale's or a tile "
+        "caption job's unit",
+    )
+
+
+class UnitsPublic(BaseModel):
+    data: list[UnitPublic] = Field(description="in unit order; empty until the job is planned")

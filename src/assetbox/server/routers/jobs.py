@@ -1,4 +1,4 @@
-"""``/v1/jobs``: list, inspect, cancel, download outputs, follow events (SSE)."""
+"""``/v1/jobs``: list, inspect, list units, cancel, download outputs, follow events (SSE)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from assetbox.engine.jobs import JobStatus
 from assetbox.errors import NotFound
 from assetbox.server.deps import EngineDep
 from assetbox.server.present import prefer_wait, present
-from assetbox.server.schemas import JobPublic, JobsPublic
+from assetbox.server.schemas import JobPublic, JobsPublic, UnitPublic, UnitsPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -34,6 +34,26 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
 def get_job(job_id: str, engine: EngineDep) -> JobPublic:
     return present(engine.get(job_id), engine)
+
+
+@router.get("/{job_id}/units", response_model=UnitsPublic, response_model_exclude_none=True)
+def get_units(job_id: str, engine: EngineDep) -> UnitsPublic:
+    """The job's units in order, each with its status, attempts, last error and, for a tiled
+    upscale or a tile caption job, the ids of the tiles it holds (so a client can show each
+    tile's progress from the `unit` and `progress` events, which name units by index). Empty
+    until the job is planned."""
+    return UnitsPublic(
+        data=[
+            UnitPublic(
+                index=unit.index,
+                status=unit.status,
+                attempts=unit.attempts,
+                error=unit.error,
+                **shown,
+            )
+            for unit, shown in engine.units(job_id)
+        ]
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, response_model_exclude_none=True)
