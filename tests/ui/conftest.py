@@ -144,3 +144,18 @@ def open_tab(page, name: str) -> None:
         ".some(t => t.textContent.trim() === name && t.getAttribute('aria-selected') === 'true')",
         arg=name,
     )
+
+
+def queued_request(data_dir: Path, job_id: str) -> dict:
+    """The request job `job_id` was queued with, as the service stored it (defaults and seed
+    filled in); the HTTP API does not show it. Read from the job store, read-only."""
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{data_dir / 'jobs.sqlite3'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT request FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    finally:
+        db.close()
+    assert row is not None, f"no job {job_id} in the store"
+    return json.loads(row[0])
