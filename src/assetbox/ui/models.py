@@ -210,6 +210,8 @@ start.addEventListener("click", async () => {
 
 
 def render(service: Service, key: gr.Textbox) -> None:
+    """The tab's components and events, inside the caller's ``gr.Tab``; `key` is the page's
+    API key box. Refusals of the service show as Gradio errors (`relay`)."""
     with gr.Row():
         kind = gr.Dropdown(KIND_FILTER, value="all", label="Kind", scale=0, min_width=180)
         refresh = gr.Button("Refresh", scale=0)
@@ -224,7 +226,7 @@ def render(service: Service, key: gr.Textbox) -> None:
     with gr.Row():
         selected = gr.Textbox(label="Selected model", placeholder="click a row", scale=3)
         delete = gr.Button("Delete", variant="stop", scale=0)
-        confirm = gr.Button("Confirm delete", variant="stop", scale=0, visible=False)
+        confirm = gr.Button("Confirm delete", variant="stop", scale=0, min_width=260, visible=False)
         keep = gr.Button("Keep it", scale=0, visible=False)
     message = gr.Markdown(elem_id="ab-models-message")
     # The model a revealed "Confirm delete" button names: what it deletes, even if the
