@@ -171,4 +171,7 @@ CSS = """
 .ab-bar-label, .ab-bar-text { position: relative; z-index: 1; font-size: 12px; padding: 0 6px;
   line-height: 22px; }
 .ab-bar-text { float: right; }
+/* Tile Upscale's mosaic: one card per tile; the thumbnail without the image block's frame. */
+.ab-tile .block { border-width: 0 !important; }
+.ab-tile img { object-fit: contain; }
 """
