@@ -1,0 +1,151 @@
+"""The Edit tab: the edit's own fields as the request (strength, ControlNet and its image),
+refusals naming the field, and in the browser an uploaded photo edited."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+from gradio_client import Client as GradioClient
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from playwright.sync_api import expect
+
+from assetbox.ui.edit import edit_fields
+from tests.ui.conftest import open_tab, queued_request
+from tests.utils.images import photo
+
+# How long a browser test waits for a job's visible end (the first job loads its model).
+JOB_MS = 120_000
+
+
+def edit_tab(page):
+    """The Edit tab, opened, with its checkpoints loaded."""
+    open_tab(page, "Edit")
+    tab = page.locator("#ab-edit")
+    expect(tab.get_by_role("combobox", name="Model")).to_have_value("tiny-sd15 · sd15")
+    return tab
+
+
+def small_photo(folder: Path, name: str = "astronaut", size: tuple[int, int] = (64, 48)) -> Path:
+    """A real photo shrunk to `size`, as a PNG file."""
+    path = folder / f"{name}.png"
+    Image.fromarray(photo(name)).resize(size, Image.Resampling.LANCZOS).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gradio(ui_server: str) -> GradioClient:
+    """Gradio's own client on the UI: the tab's handlers as the browser calls them."""
+    return GradioClient(f"{ui_server}/ui/", verbose=False)
+
+
+def call_edit(gradio: GradioClient, image: Path | None, **form):
+    values = {
+        "key": "",
+        "image": handle_file(str(image)) if image else None,
+        "model": "tiny-sd15",
+        "prompts": "",
+        "negative_prompt": "",
+        "width": "",
+        "height": "",
+        "steps": "4",
+        "guidance": "",
+        "seed": "",
+        "sampler": "default",
+        "images_per_prompt": 1,
+        "loras": {"headers": ["LoRA", "weight"], "data": []},
+        "strength": 0.5,
+        "controlnet": "none",
+        "conditioning_scale": 1.0,
+        "control_image": None,
+    } | form
+    return gradio.predict(*values.values(), api_name="/edit")
+
+
+def test_edit_fields_add_strength_and_controlnet(tmp_path):
+    control = small_photo(tmp_path, "coffee")
+    shared = {"model": "tiny-sd15", "prompts": [], "steps": 4}
+    assert edit_fields(shared, 0.3, "none", 1.0, None) == {
+        "model": "tiny-sd15",
+        "steps": 4,
+        "strength": 0.3,
+    }
+    fields = edit_fields(shared | {"prompts": ["a"]}, 0.8, "net", 0.7, str(control))
+    assert fields["prompts"] == ["a"]
+    assert fields["controlnet"] == {
+        "model": "net",
+        "conditioning_scale": 0.7,
+        "image": base64.b64encode(control.read_bytes()).decode(),
+    }
+    # No control image uploaded: none sent, the service uses the input image.
+    assert edit_fields(shared, 0.8, "net", 1.0, None)["controlnet"] == {
+        "model": "net",
+        "conditioning_scale": 1.0,
+    }
+
+
+def test_controlnet_with_its_own_image_reaches_the_job(gradio, api, ui_data_dir, tmp_path):
+    image, control = small_photo(tmp_path), small_photo(tmp_path, "coffee")
+    job_id, bars, gallery = call_edit(
+        gradio,
+        image,
+        prompts="an astronaut",
+        seed="99",
+        strength=0.75,
+        controlnet="tiny-sd15-controlnet",
+        conditioning_scale=0.7,
+        control_image=handle_file(str(control)),
+    )
+    job = api.job(job_id)
+    assert job["kind"] == "edit" and job["status"] == "succeeded"
+    request = queued_request(ui_data_dir, job_id)
+    assert request["strength"] == 0.75 and request["seed"] == 99
+    assert (request["width"], request["height"]) == (64, 48)  # the input's size
+    net = request["controlnet"]
+    assert (net["model"], net["conditioning_scale"]) == ("tiny-sd15-controlnet", 0.7)
+    assert net["image"].startswith("sha256:") and net["image"] != request["image"]
+    assert [item["caption"] for item in gallery] == ["seed 99"]
+    assert "ab-done" in bars
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"strength": 0.1}, "`strength`"),  # 0.1 of 4 steps runs none
+        ({"width": "60"}, "`width`"),
+        ({"controlnet": "tiny-sdxl-controlnet"}, "`controlnet.model`"),
+    ],
+)
+def test_a_refusal_is_shown_naming_the_field(gradio, tmp_path, form, field):
+    with pytest.raises(AppError, match=re.escape(field)):
+        call_edit(gradio, small_photo(tmp_path), **form)
+
+
+def test_no_image_is_refused_before_the_service(gradio):
+    with pytest.raises(AppError, match=re.escape("`image`")):
+        call_edit(gradio, None)
+
+
+def test_an_uploaded_photo_is_edited(page, api, ui_data_dir, tmp_path):
+    tab = edit_tab(page)
+    tab.locator("input[type=file]").first.set_input_files(small_photo(tmp_path))
+    expect(tab.get_by_role("button", name="Remove Image")).to_be_visible()  # uploaded
+    tab.get_by_label("Prompts").fill("an astronaut in the snow")
+    tab.get_by_label("Steps", exact=True).fill("4")
+    strength = tab.get_by_role("spinbutton", name=re.compile("Strength"))
+    strength.fill("0.5")
+    strength.press("Enter")
+    tab.get_by_role("button", name="Edit", exact=True).click()
+    result = tab.get_by_role("img", name=re.compile(r"^seed \d+$"))
+    expect(result).to_be_visible(timeout=JOB_MS)
+    job_id = tab.get_by_label("Job", exact=True).input_value()
+    listed = {job["id"]: job for job in api.jobs(limit=50)}
+    assert listed[job_id]["kind"] == "edit" and listed[job_id]["status"] == "succeeded"
+    assert queued_request(ui_data_dir, job_id)["strength"] == 0.5
+    expect(result).to_have_accessible_name(f"seed {listed[job_id]['outputs'][0]['seed']}")
+    result.evaluate("img => img.decode()")
+    assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 48]
