@@ -147,8 +147,12 @@ def unit_bars(job: dict[str, Any], labels: list[str]) -> str:
         elif state == "running" and progress.get("unit") == index and progress.get("steps"):
             step, steps = int(progress["step"]), int(progress["steps"])
             parts.append(bar(label, step / steps, f"step {step}/{steps}"))
+        elif state == "running":
+            parts.append(bar(label, 0, "running", state=state))
         else:
-            parts.append(bar(label, 0, "running" if state == "running" else status, state=state))
+            # A unit not started yet while others run waits for a worker; it is not running.
+            text = "waiting" if status in ("running", "cancelling") else status
+            parts.append(bar(label, 0, text, state=state))
     return '<div class="ab-bars">' + "".join(parts) + "</div>"
 
 
