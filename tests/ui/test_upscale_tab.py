@@ -109,15 +109,15 @@ def test_screenshot_of_a_real_photos_mosaic(page, tmp_path: Path) -> None:
     assert page.get_by_label("Caption 3_0").count() == 0
     # The tiny random captioner writes random tokens; a person edits them into these.
     captions = {
-        "0_0": "grey studio backdrop, american flag",
-        "0_1": "astronaut helmet, reflective visor",
-        "0_2": "american flag, stars and stripes",
-        "1_0": "white spacesuit shoulder, nasa patch",
-        "1_1": "smiling woman astronaut, short dark hair",
-        "1_2": "spacesuit arm, fabric folds",
-        "2_0": "space shuttle model, white and black",
-        "2_1": "spacesuit chest, control panel",
-        "2_2": "white spacesuit sleeve, hoses",
+        "0_0": "american flag, grey studio backdrop",
+        "0_1": "smiling woman, short brown hair",
+        "0_2": "space shuttle model, grey backdrop",
+        "1_0": "american flag, orange spacesuit shoulder",
+        "1_1": "astronaut, orange spacesuit collar",
+        "1_2": "space shuttle model, orange sleeve",
+        "2_0": "orange spacesuit arm, mission patch",
+        "2_1": "mission patches, orange spacesuit chest",
+        "2_2": "black helmet, white reflection",
     }
     for tile_id, text in captions.items():
         page.get_by_label(f"Caption {tile_id}").fill(text)

@@ -481,7 +481,7 @@ def render(service: Service, key: gr.Textbox) -> None:
                                 entry["thumbnail"],
                                 label=f"Tile {tile_id}",
                                 interactive=False,
-                                height=170,
+                                height=220,
                                 buttons=[],
                                 key=(job_key, "thumbnail", tile_id),
                             )
@@ -489,10 +489,12 @@ def render(service: Service, key: gr.Textbox) -> None:
                                 gr.Textbox(
                                     entry["caption"],
                                     label=f"Caption {tile_id}",
-                                    lines=2,
+                                    # Fixed: cards of one row stay aligned whatever
+                                    # the captions' lengths (a long one scrolls).
+                                    lines=3,
+                                    max_lines=3,
                                     # Gradio makes a rendered input editable only when told.
                                     interactive=True,
-                                    max_lines=6,
                                     key=(job_key, "caption", tile_id),
                                 )
                             )
