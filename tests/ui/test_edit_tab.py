@@ -132,6 +132,7 @@ def test_no_image_is_refused_before_the_service(gradio):
 
 def test_an_uploaded_photo_is_edited(page, api, ui_data_dir, tmp_path):
     tab = edit_tab(page)
+    # A file input has no role or label; the first in the tab is the input image's.
     tab.locator("input[type=file]").first.set_input_files(small_photo(tmp_path))
     expect(tab.get_by_role("button", name="Remove Image")).to_be_visible()  # uploaded
     tab.get_by_label("Prompts").fill("an astronaut in the snow")

@@ -176,15 +176,16 @@ def test_two_sessions_generating_at_once_both_progress(browser, ui_server, api):
             page = context.new_page()
             page.goto(f"{ui_server}/ui/")
             tabs.append(generate_tab(page))
-        # Long enough that each job still runs while the other's steps are watched.
-        prompts = "\n".join(f"slow {n}" for n in range(8))
-        for tab in tabs:
-            fill(tab, prompts, width="64", height="64", steps="200")
+        # One prompt (one unit) each, so each job has a worker of its own from the start (a
+        # job of several units would take both, the other waiting for one to end); the most
+        # steps, so each still runs while the other's steps are watched.
+        for n, tab in enumerate(tabs):
+            fill(tab, f"slow {n}", width="64", height="64", steps="500")
             tab.get_by_role("button", name="Generate", exact=True).click()
         for tab in tabs:
             expect(tab.get_by_label("Job", exact=True)).not_to_have_value("", timeout=JOB_MS)
             ids.append(tab.get_by_label("Job", exact=True).input_value())
-        stepping = re.compile(r"step ([1-9]\d*)/200")
+        stepping = re.compile(r"step ([1-9]\d*)/500")
         seen = []
         for tab in tabs:
             bar = tab.get_by_role("progressbar").filter(has_text=stepping).first

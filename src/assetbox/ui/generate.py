@@ -7,7 +7,7 @@ Reference images are left out: no family takes them yet (FLUX.2, issue 14, adds 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,7 +256,7 @@ def wire_models(
     *,
     size_hint: str | None = None,
     extra_outputs: list[gr.components.Component] | None = None,
-    extra: Any = None,
+    extra: Callable[[Client, str], list[Any]] | None = None,
 ) -> None:
     """Fill the checkpoint picker on page load, on Refresh and when a key is entered; a picked
     checkpoint sets the family's samplers, defaults (as placeholders) and LoRAs. `size_hint`
@@ -298,33 +298,29 @@ def wire_models(
             *updates,
         ]
 
+    family_outputs = [
+        form.sampler,
+        form.steps,
+        form.guidance,
+        form.loras,
+        form.negative_prompt,
+        form.width,
+        form.height,
+        *extra_outputs,
+    ]
+    private: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
     blocks = get_blocks_context().root_block
     # On load and on demand (not on each keystroke in the key box: a half-typed key would
-    # show an error per character).
+    # show an error per character); the family's lists follow, as a new LoRA may have come.
     gr.on(
         [blocks.load, form.refresh.click, key.submit],
         load_models,
         [key, form.model],
         [form.model, form.families],
-        api_visibility="private",
-        show_progress="hidden",
-    )
-    form.model.change(
-        pick,
-        [key, form.model, form.families],
-        [
-            form.sampler,
-            form.steps,
-            form.guidance,
-            form.loras,
-            form.negative_prompt,
-            form.width,
-            form.height,
-            *extra_outputs,
-        ],
-        api_visibility="private",
-        show_progress="hidden",
-    )
+        **private,
+    ).then(pick, [key, form.model, form.families], family_outputs, **private)
+    # `input`, not `change`: the user's pick (a refresh that keeps the model is handled above).
+    form.model.input(pick, [key, form.model, form.families], family_outputs, **private)
 
 
 def results() -> tuple[gr.Textbox, gr.HTML, gr.Gallery]:
@@ -334,7 +330,12 @@ def results() -> tuple[gr.Textbox, gr.HTML, gr.Gallery]:
     # Thumbnails a third of the column wide, even for one image (a 64 px test image
     # stretched to the whole column looks like a fault).
     gallery = gr.Gallery(
-        label="Images", columns=3, fit_columns=False, height="auto", interactive=False
+        label="Images",
+        columns=3,
+        fit_columns=False,
+        object_fit="contain",  # whole images, not square crops
+        height="auto",
+        interactive=False,
     )
     return job_id, bars, gallery
 
