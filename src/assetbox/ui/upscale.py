@@ -14,6 +14,7 @@ units (``GET /v1/jobs/{id}/units`` says which tiles each unit holds).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -376,12 +377,12 @@ def render(service: Service, key: gr.Textbox) -> None:
         pre: str | None,
         captioner_id: str | None,
         strength_value: float,
-    ):  # type: ignore[no-untyped-def]
+    ) -> Iterator[tuple[Any, Any, Any]]:
         if not path:
             raise gr.Error("upload an image first")
         if not captioner_id:
             raise gr.Error(
-                "`model`: the store has no captioner to caption the tiles with; import one "
+                "`Captioner`: the store has no captioner to caption the tiles with; import one "
                 "(Models tab)"
             )
         if scale_value is None:
@@ -543,9 +544,9 @@ def render(service: Service, key: gr.Textbox) -> None:
             show_progress="hidden",
         )
 
-        def run(only_selected: bool):  # type: ignore[no-untyped-def]
+        def run(only_selected: bool) -> Callable[..., Iterator[list[Any]]]:
             @relay
-            def upscale(*values: Any):  # type: ignore[no-untyped-def]
+            def upscale(*values: Any) -> Iterator[list[Any]]:
                 (key_value, checkpoint, style, negative_value, net, net_scale, lora_rows) = values[
                     :7
                 ]
@@ -610,9 +611,8 @@ def render(service: Service, key: gr.Textbox) -> None:
                         yield [*view(job), *hidden]
                     if job["status"] != "succeeded":
                         error = job.get("error") or {}
-                        gr.Warning(f"the upscale {job['status']}: {error.get('message', '')}")
-                        yield [*view(job), *hidden]
-                        return
+                        yield [*view(job), *hidden]  # the mosaic shows which tiles failed
+                        raise gr.Error(f"the upscale {job['status']}: {error.get('message', '')}")
                     if not unit_of:
                         unit_of = units_by_tile(api, job["id"])
                     folder = service.scratch()
