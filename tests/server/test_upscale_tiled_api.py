@@ -128,6 +128,8 @@ def test_flux_runs_the_same_request_shape(data_dir: Path) -> None:
         ({"scale": 9}, 422, "scale"),
         ({"width": 512}, 422, "height"),
         ({"sampler": "flow_euler"}, 422, "sampler"),
+        ({"steps": 2, "strength": 0.3}, 422, "strength"),  # int(2 * 0.3): no step to run
+        ({"steps": 2, "tiles": {"0_1": {"strength": 0.2}}}, 422, "tiles.0_1.strength"),
     ],
 )
 def test_bad_requests_name_the_field_and_queue_nothing(data_dir, extra, status, field) -> None:

@@ -275,6 +275,25 @@ def check(request: Any, data_dir: Path) -> None:
                 "grid (ids are row_col from 0)",
                 field=f"tiles.{tile_id}",
             )
+    _check_steps_run(request, plan)
+
+
+def _check_steps_run(request: Any, plan: TilePlan) -> None:
+    """img2img runs ``int(steps * strength)`` steps: a strength above 0 that runs none would
+    fail inside the pipeline, so it is refused here, naming the strength that does it (the
+    global one when a tile takes it, else the tile's override)."""
+    for tile in plan:
+        strength = _strength(request, tile.id)
+        if strength == 0 or int(request.steps * strength) >= 1:
+            continue
+        override = request.tiles.get(tile.id)
+        own = override is not None and override.strength is not None
+        field = f"tiles.{tile.id}.strength" if own else "strength"
+        raise InvalidInput(
+            f"`{field}` {strength} of {request.steps} steps leaves no step to run: use at "
+            f"least {1 / request.steps:.3g}, more steps, or 0 (or skip) to keep the tile",
+            field=field,
+        )
 
 
 def fill_seed(request: Any) -> Any:
