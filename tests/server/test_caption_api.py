@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import time
 from pathlib import Path
@@ -136,6 +137,22 @@ def test_tile_mode_gives_a_preview_of_the_pre_upscaled_tiles_and_units_name_thei
     assert all(u["status"] == "done" and u["attempts"] == 1 and "error" not in u for u in units)
     assert [t for u in units for t in u["tiles"]] == [c["id"] for c in result["captions"]]
     assert client.get("/v1/jobs/nope/units").status_code == 404
+
+    # Unit results written before thumbnails existed (a job resumed across the upgrade): the
+    # captions are assembled, without a preview.
+    from assetbox.kinds import PLANNERS
+
+    engine = client.app.state.engine
+    planner = PLANNERS["caption"]
+    request = planner.request_model.model_validate(engine.get(job["id"]).request)
+    data_dir = engine.data_dir
+    old = [
+        json.dumps([{"caption": f"tile {i}", "tokens": 2} for i in unit["items"]]).encode()
+        for unit in planner.plan(request, data_dir)
+    ]
+    (only,) = planner.assemble(request, old, data_dir)
+    assert "preview" not in only.summary
+    assert [c["id"] for c in only.summary["captions"]] == [c["id"] for c in result["captions"]]
 
 
 def test_cancel_stops_between_tokens(client) -> None:

@@ -343,7 +343,8 @@ class CaptionPlanner:
                 if plan is None:
                     captions.append({"index": item, **found})
                     continue
-                thumbnails[item] = base64.b64decode(found.pop("thumbnail"))
+                if "thumbnail" in found:  # absent from units run before previews existed
+                    thumbnails[item] = base64.b64decode(found.pop("thumbnail"))
                 tile = plan.tile(item)
                 box = [tile.x, tile.y, tile.width, tile.height]
                 captions.append({"id": item, "box": box, **found})
@@ -351,7 +352,8 @@ class CaptionPlanner:
         # captions.json is the captions and the grid; the preview is named on the result only.
         captions_json = json.dumps(summary, indent=1).encode()
         previews = []
-        if plan is not None:
+        # A job resumed from unit results written before thumbnails existed has no preview.
+        if plan is not None and len(thumbnails) == len(plan):
             preview = paste_preview(plan, thumbnails)
             summary["preview"] = {"output": 1, "scale": preview_scale(plan)}
             previews.append(
