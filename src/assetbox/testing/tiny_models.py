@@ -108,15 +108,30 @@ def _clip_config(hidden: int, layers: int, projection: int = 32):
     )
 
 
-def _vae(scaling_factor: float):
+def _vae(scaling_factor: float, *, levels: int = 2):
+    """A tiny KL VAE that downsamples by ``2 ** (levels - 1)``: SD 1.5's by 2, SDXL's by 8 as
+    the real one does, so an SDXL tile has the real latent size (a 1024 px tile: 128 x 128, not
+    512 x 512, whose full self-attention in the VAE takes minutes a tile on a CPU)."""
     from diffusers import AutoencoderKL
 
+    if levels == 2:
+        return AutoencoderKL(
+            block_out_channels=[32, 64],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4,
+            layers_per_block=1,
+            sample_size=64,
+            scaling_factor=scaling_factor,
+            force_upcast=False,
+        )
     return AutoencoderKL(
-        block_out_channels=[32, 64],
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[16] * levels,
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
         latent_channels=4,
         layers_per_block=1,
+        norm_num_groups=8,
         sample_size=64,
         scaling_factor=scaling_factor,
         force_upcast=False,
@@ -180,7 +195,7 @@ def build_pipeline(family: str):
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         return StableDiffusionXLPipeline(
-            vae=_vae(0.13025),
+            vae=_vae(0.13025, levels=4),
             # Different widths (as 768 and 1280): single-file loading tells the two encoders
             # apart by width; 10 layers so that the key diffusers recognises SDXL by exists.
             text_encoder=CLIPTextModel(_clip_config(32, 3)),
@@ -292,7 +307,11 @@ def build_controlnet(pipe, family: str):
     else:
         from diffusers import ControlNetModel
 
-        net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+        # The control image is embedded down to the latent size: one halving per step after
+        # the first, as many as the VAE's (2x for the tiny SD 1.5, 8x for SDXL).
+        halvings = int(pipe.vae_scale_factor).bit_length() - 1
+        channels = (16,) * halvings + (32,)
+        net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=channels)
     with torch.no_grad():
         for name, parameter in net.named_parameters():
             if re.search(
