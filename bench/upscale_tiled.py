@@ -26,42 +26,34 @@ runs in a fresh process, so its peak RSS is its own. One JSON line per size:
   ``ser_feather_only`` (no colour fix), ``ser_color_fix_only`` (wavelet, tiles pasted hard in plan
   order) and ``ser_control`` (neither: no colour fix, pasted hard), which must fail; and, as the
   baseline, ``ser_pre_upscaled``: the same score of the pre-upscaled image, which has no seams,
-  with each score over it (``…_vs_pre_upscaled``). The baseline is not 1 here: an integer
-  Lanczos enlargement has gradients that repeat with its factor (at 8192, the mean |gradient|
-  by column mod 16 ranges 0.53 .. 1.45 of its mean), and the plan's seam lines (tile starts on
-  multiples of 8, strides of 896) all sit at the same phase of it, so the ±2 px bands see a
-  stronger phase than their flanks. The fake reproduces the pre-upscale, so its ``ser`` carries
-  the same content term, and ``ser_vs_pre_upscaled`` is what the seams add;
+  with each score over it (``…_vs_pre_upscaled``): about 1, since the score takes out the
+  gradient structure an integer Lanczos enlargement repeats every 4 or 16 px, at the phase all
+  the plan's seam lines share (see `assetbox.imaging.seams`; before it did, this seam-free
+  image scored 1.32 and every run inherited that). ``ser_vs_pre_upscaled`` is what the seams add;
 - ``targets`` and ``misses`` (the targets this line misses; empty when it meets them all).
 
-CPU stand-ins, said in each line: the tiny SDXL's VAE downsamples by 2 only, so a 1024 px tile
-is a 512 x 512 latent, and full self-attention over its 65k (UNet) and 262k (VAE) tokens takes
-more than 10 minutes a tile on 2 CPU cores (a 512 px tile: 2 minutes). With ``--attention
-local`` (the default) a self-attention over more than LOCAL_ATTENTION_ABOVE tokens lets each
-token attend to itself only: the same modules, calls, scheduler and steps (what the pass count
-counts), at about 30 s a 1024 px tile here; ``--attention full`` runs the model unchanged (for a
-GPU). ``--real-tiles N`` runs the real tiny SDXL on N tiles spread evenly over the grid (all of
-them when the grid has N or fewer) and the fake denoiser on the rest: pass counts cover the real
-ones, and the peak RSS still sees a real tile's activations, which are the same for every tile.
+CPU stand-ins, said in each line: the tiny SDXL's VAE downsamples by 8 as the real one does,
+so a 1024 px tile is a 128 x 128 latent, but its one mid-block self-attention over those 16k
+tokens (and the UNet's over 4k) is still the bulk of a tile's time on 2 CPU cores. With
+``--attention local`` (the default) a self-attention over more than LOCAL_ATTENTION_ABOVE tokens
+lets each token attend to itself only: the same modules, calls, scheduler and steps (what the
+pass count counts), at about 4.5 s a 1024 px tile here; ``--attention full`` runs the model
+unchanged (for a GPU). ``--real-tiles N`` runs the real tiny SDXL on N tiles spread evenly over
+the grid (all of them when the grid has N or fewer) and the fake denoiser on the rest: pass
+counts cover the real ones, and the peak RSS still sees a real tile's activations, which are the
+same for every tile.
 
-Measured here (2 CPU cores shared with other work; guidance 1, 4 steps at strength 0.5, so 2
-steps run; --attention local):
+Measured here (2 CPU cores; guidance 1, 4 steps at strength 0.5, so 2 steps run; --attention
+local):
 
-    python bench/upscale_tiled.py --size 8192                    # 43 min
+    python bench/upscale_tiled.py --size 8192                    # 7 min
     81 tiles (9 x 9), all real: 162 denoiser calls = 162 passes = 81 x 2 steps run, one pass per
     tile per step: true; USDU 176 jobs (8 x 8) = 352 passes, usdu_vs_ours 2.173; diffused MP per
-    output MP 1.266 (USDU 2.75); peak RSS 2287 MiB (target 3072); 2498 s (30.6 s a tile,
-    assembly 12.9 s); ser 1.333 against the seam-free pre-upscale's 1.316 (1.013 of it),
-    feathering only 1.234, colour fix only 1.602, control 36.4.
+    output MP 1.266 (USDU 2.75); peak RSS 1381 MiB (target 3072); 351 s (4.1 s a tile, assembly
+    14.5 s); ser 0.996 (the seam-free pre-upscale's own 0.974; 1.022 of it), feathering only
+    0.931, colour fix only 1.159, control 22.8; misses: none.
 
-    python bench/upscale_tiled.py --size 16384 --real-tiles 16   # 16 min
-    361 tiles (19 x 19), 16 real: 32 calls = 32 passes = 16 x 2; USDU 736 jobs (16 x 16) = 1472
-    passes, usdu_vs_ours 2.039; diffused MP per output MP 1.41 (USDU 2.875); peak RSS 3059 MiB
-    (target 4096); 691 s (assembly 64.8 s); ser 1.285 against the pre-upscale's 1.275 (1.008 of
-    it), feathering only 1.221, colour fix only 1.53, control 68.1.
-
-Both lines miss only the absolute ``ser <= 1.05``: on this content the seam-free pre-upscale
-itself scores 1.32 and 1.28 (see ``ser_pre_upscaled`` above).
+16384: see the closing note of issue 12 (``python bench/upscale_tiled.py --size 16384``).
 """
 
 from __future__ import annotations

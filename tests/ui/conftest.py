@@ -135,6 +135,17 @@ def page(browser, ui_server: str) -> Iterator[object]:
     context.close()
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def shoot(page, name: str) -> None:
+    """The README's screenshot `name` of this page, written to docs/ only when
+    ASSETBOX_SCREENSHOTS is set (`ASSETBOX_SCREENSHOTS=1 .venv/bin/python -m pytest tests/ui`),
+    so a test run leaves the checkout as it was."""
+    if os.environ.get("ASSETBOX_SCREENSHOTS"):
+        page.screenshot(path=str(DOCS / name), full_page=True)
+
+
 def open_tab(page, name: str) -> None:
     """Click the tab `name` and wait for it to be the selected one."""
     tab = page.get_by_role("tab", name=name)

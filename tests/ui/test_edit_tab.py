@@ -15,7 +15,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from assetbox.ui.edit import edit_fields
-from tests.ui.conftest import open_tab, queued_request
+from tests.ui.conftest import open_tab, queued_request, shoot
 from tests.utils.images import photo
 
 # How long a browser test waits for a job's visible end (the first job loads its model).
@@ -150,3 +150,4 @@ def test_an_uploaded_photo_is_edited(page, api, ui_data_dir, tmp_path):
     expect(result).to_have_accessible_name(f"seed {listed[job_id]['outputs'][0]['seed']}")
     result.evaluate("img => img.decode()")
     assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 48]
+    shoot(page, "ui-edit.png")

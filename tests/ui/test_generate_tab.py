@@ -12,7 +12,7 @@ from gradio_client.exceptions import AppError
 from playwright.sync_api import expect
 
 from assetbox.ui.generate import diffusion_fields, lora_refs
-from tests.ui.conftest import open_tab, queued_request
+from tests.ui.conftest import open_tab, queued_request, shoot
 
 FAST = {"width": "64", "height": "64", "steps": "2"}
 # How long a browser test waits for a job's visible end (the first job loads its model).
@@ -164,6 +164,7 @@ def test_generate_shows_the_image_and_its_seed(page, api):
     expect(tab.get_by_role("progressbar", name="prompt 1: a red cube")).to_have_attribute(
         "aria-valuenow", "100"
     )
+    shoot(page, "ui-generate.png")
 
 
 def test_two_sessions_generating_at_once_both_progress(browser, ui_server, api):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.ui.conftest import open_tab
+from tests.ui.conftest import open_tab, shoot
 
 # Long enough on tiny SD 1.5 that the job is still running when the browser cancels it.
 LONG = {"model": "tiny-sd15", "width": 64, "height": 64, "steps": 400, "prompts": ["a"] * 8}
@@ -42,3 +42,4 @@ def test_outputs_of_a_finished_job_open_with_their_seeds(page, api) -> None:
     page.get_by_role("button", name="Open outputs").click()
     page.get_by_text(f"Job {job['id']}: succeeded, 1 outputs.").wait_for()
     page.get_by_text(f"#0 seed {job['outputs'][0]['seed']}").first.wait_for()
+    shoot(page, "ui-jobs.png")

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.server.test_server_process import free_port
-from tests.ui.conftest import open_tab, wait_until_up
+from tests.ui.conftest import open_tab, shoot, wait_until_up
 
 # SD 1.5's UNet attention layers: (block, width, transformer count); cross-attention keys and
 # values read the 768-wide CLIP-L text embedding.
@@ -82,7 +82,7 @@ def test_the_list_loads_on_open_and_filters_by_kind(page, api) -> None:
         expect(table.get_by_role("row").filter(has_text=model_id)).to_contain_text("lora")
     # The header row and one per LoRA: nothing of another kind.
     expect(table.get_by_role("row")).to_have_count(len(loras) + 1)
-    page.screenshot(path="/tmp/ab-models-tab.png", full_page=True)
+    shoot(page, "ui-models.png")
 
 
 def test_a_200_mb_lora_uploads_in_chunks_and_is_deleted_after_confirmation(

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from assetbox.client import Client
 from assetbox.ui.upscale import TileEdit, tile_overrides, tile_status
-from tests.ui.conftest import open_tab
+from tests.ui.conftest import open_tab, shoot
 from tests.utils.images import photo
-
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui-tile-upscale.png"
 
 
 def photo_file(folder: Path, name: str, size: int) -> Path:
@@ -124,10 +123,8 @@ def test_screenshot_of_a_real_photos_mosaic(page, tmp_path: Path) -> None:
     tab.get_by_label("Style prompt").fill("photo, sharp focus, natural light")
     page.get_by_label("Skip 0_0").check()
     page.get_by_label("Select 1_1").check()
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    with Image.open(SCREENSHOT) as shot:
-        assert shot.width >= 1400 and shot.height > 1000
+    expect(page.get_by_label("Caption 1_1")).to_have_value(captions["1_1"])
+    shoot(page, "ui-tile-upscale.png")
 
 
 # -- the mosaic's rules, without a browser --------------------------------------------------------

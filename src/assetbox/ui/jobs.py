@@ -65,8 +65,15 @@ def render(service: Service, key: gr.Textbox) -> None:
         cancel = gr.Button("Cancel job", variant="stop", scale=0)
         open_outputs = gr.Button("Open outputs", scale=0)
     message = gr.Markdown(elem_id="ab-jobs-message")
+    # Thumbnails a sixth of the width, even for one output (fit_columns would stretch it).
     gallery = gr.Gallery(
-        label="Outputs", columns=6, height=280, object_fit="contain", preview=False, visible=False
+        label="Outputs",
+        columns=6,
+        fit_columns=False,
+        object_fit="contain",
+        height="auto",
+        interactive=False,
+        visible=False,
     )
     details = gr.JSON(label="Result and error", visible=False)
     timer = gr.Timer(REFRESH_S)
@@ -108,7 +115,7 @@ def render(service: Service, key: gr.Textbox) -> None:
         if found["status"] not in TERMINAL:
             note += " It is still running; its outputs appear when it ends."
         return (
-            gr.Gallery(value=images, visible=bool(images), preview=False),
+            gr.Gallery(value=images, visible=bool(images)),
             gr.JSON(value=json.loads(json.dumps(extra)), visible=bool(extra)),
             note,
         )
