@@ -87,8 +87,11 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# Two pytest workers, each taking whole files (module fixtures and in-file order kept): many tests
+# wait on subprocesses and servers, and on 2 cores the suite runs in 8 minutes instead of 11.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: lint chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/tile_roundtrip.py --size 8192 --tile 1024 --overlap 128

@@ -54,18 +54,18 @@ def test_fake_offsets_differ_between_neighbours_in_sign() -> None:
 
 def test_bench_counts_one_denoiser_pass_per_tile_per_step_and_scores_seams() -> None:
     report = run_bench(
-        *("--size", "1024", "--tile", "256", "--overlap", "64", "--real-tiles", "4"),
+        *("--size", "512", "--tile", "128", "--overlap", "32", "--real-tiles", "4"),
     )
-    assert report["tiles"] == 25 and report["grid"] == [5, 5]  # ceil((1024-256)/192)+1 a side
+    assert report["tiles"] == 25 and report["grid"] == [5, 5]  # ceil((512-128)/96)+1 a side
     assert report["real_tiles"] == 4
     assert report["steps_run"] == report["steps_expected"] == 2  # int(4 steps * strength 0.5)
     assert report["denoiser_calls"] == report["denoiser_passes"] == 4 * 2
     assert report["one_pass_per_tile_per_step"] is True
     assert report["ours_passes"] == 25 * 2
-    assert report["usdu_tile_jobs"] == 3 * 16 - 4 - 4  # a 4x4 grid of 256 px tiles
+    assert report["usdu_tile_jobs"] == 3 * 16 - 4 - 4  # a 4x4 grid of 128 px tiles
     assert report["usdu_passes"] == 40 * 2
     assert report["usdu_vs_ours"] == pytest.approx(40 / 25, abs=1e-3)
-    assert report["diffused_mp_per_output_mp"] == pytest.approx(25 * 256**2 / 1024**2, abs=1e-3)
+    assert report["diffused_mp_per_output_mp"] == pytest.approx(25 * 128**2 / 512**2, abs=1e-3)
     assert report["usdu_diffused_mp_per_output_mp"] == pytest.approx(40 / 16, abs=1e-3)
     assert report["peak_rss_mb"] >= report["peak_rss_units_mb"] > 0
     assert report["seconds"] > 0

@@ -7,6 +7,7 @@ Playwright never downloads a browser of its own here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -76,21 +77,13 @@ def ui_data_dir(tiny_models: Path, tiny_captioners: dict, builtin_store, tmp_pat
     return data_dir
 
 
-@pytest.fixture(scope="session")
-def ui_server(ui_data_dir: Path, tmp_path_factory) -> Iterator[str]:
-    """`assetbox serve` on a free port with two local workers (two jobs at once); its URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("ui-server") / "serve.log"
-    env = {
-        **os.environ,
-        "ASSETBOX_DATA_DIR": str(ui_data_dir),
-        "ASSETBOX_WORKERS": "2",
-        "ASSETBOX_WORKER_THREADS": "1",
-        "ASSETBOX_REUSE_RESULTS": "false",
-    }
+@contextlib.contextmanager
+def serving(args: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[str]:
+    """`python -m assetbox.cli ARGS` (a command that listens on `port`) running until the block
+    ends, once its /ui/ answers; its URL."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "assetbox.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "assetbox.cli", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -105,6 +98,31 @@ def ui_server(ui_data_dir: Path, tmp_path_factory) -> Iterator[str]:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def ui_server(ui_data_dir: Path, tmp_path_factory) -> Iterator[str]:
+    """`assetbox serve` on a free port with two local workers (two jobs at once); its URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("ui-server") / "serve.log"
+    env = {
+        **os.environ,
+        "ASSETBOX_DATA_DIR": str(ui_data_dir),
+        "ASSETBOX_WORKERS": "2",
+        "ASSETBOX_WORKER_THREADS": "1",
+        "ASSETBOX_REUSE_RESULTS": "false",
+    }
+    with serving(["serve", "--port", str(port)], port, log, env) as url:
+        yield url
+
+
+@pytest.fixture
+def relay_ui(ui_server: str, tmp_path: Path) -> Iterator[str]:
+    """`assetbox ui --server <the service>` in a process of its own; its URL."""
+    port = free_port()
+    args = ["ui", "--server", ui_server, "--port", str(port)]
+    with serving(args, port, tmp_path / "ui.log", os.environ.copy()) as url:
+        yield url
 
 
 @pytest.fixture

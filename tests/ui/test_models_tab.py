@@ -3,19 +3,13 @@ bar, a delete with its confirmation, and the same upload through `assetbox ui --
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from playwright.sync_api import expect
 
-from tests.server.test_server_process import free_port
-from tests.ui.conftest import open_tab, shoot, wait_until_up
+from tests.ui.conftest import open_tab, shoot
 
 # SD 1.5's UNet attention layers: (block, width, transformer count); cross-attention keys and
 # values read the 768-wide CLIP-L text embedding.
@@ -131,39 +125,6 @@ def test_a_200_mb_lora_uploads_in_chunks_and_is_deleted_after_confirmation(
     expect(row).to_have_count(0)
     expect(confirm).to_be_hidden()
     assert "big-style" not in [m["id"] for m in api.models()]
-
-
-@pytest.fixture
-def relay_ui(ui_server: str, tmp_path: Path) -> Iterator[str]:
-    """`assetbox ui --server <the service>` in a process of its own; its URL."""
-    port = free_port()
-    log = tmp_path / "ui.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "assetbox.cli",
-                "ui",
-                "--server",
-                ui_server,
-                "--port",
-                str(port),
-            ],
-            env=os.environ.copy(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/ui/", proc, log)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_an_upload_through_the_standalone_ui_lands_in_the_service(

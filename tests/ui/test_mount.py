@@ -3,18 +3,12 @@ ASSETBOX_UI=false), and by `assetbox ui --server URL` from a second process."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from assetbox.cli import service_app
 from assetbox.config import get_settings
-from tests.server.test_server_process import free_port
-from tests.ui.conftest import wait_until_up
 
 
 def tabs(config: dict) -> list[str]:
@@ -45,34 +39,10 @@ def test_the_ui_setting_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
         assert client.get("/health").status_code == 200
 
 
-def test_assetbox_ui_serves_the_same_ui_from_a_second_process(ui_server: str, tmp_path) -> None:
-    port = free_port()
-    log = tmp_path / "ui.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "assetbox.cli",
-                "ui",
-                "--server",
-                ui_server,
-                "--port",
-                str(port),
-            ],
-            env=os.environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/ui/", proc, log)
-        assert httpx.get(url + "/", follow_redirects=False).headers["location"] == "/ui/"
-        theirs = httpx.get(f"{ui_server}/ui/config").json()
-        ours = httpx.get(f"{url}/ui/config").json()
-        assert tabs(ours) == tabs(theirs) == ["Generate", "Edit", "Tile Upscale", "Models", "Jobs"]
-        kinds = [(c["type"], c["props"].get("label")) for c in ours["components"]]
-        assert kinds == [(c["type"], c["props"].get("label")) for c in theirs["components"]]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def test_assetbox_ui_serves_the_same_ui_from_a_second_process(ui_server: str, relay_ui: str):
+    assert httpx.get(relay_ui + "/", follow_redirects=False).headers["location"] == "/ui/"
+    theirs = httpx.get(f"{ui_server}/ui/config").json()
+    ours = httpx.get(f"{relay_ui}/ui/config").json()
+    assert tabs(ours) == tabs(theirs) == ["Generate", "Edit", "Tile Upscale", "Models", "Jobs"]
+    kinds = [(c["type"], c["props"].get("label")) for c in ours["components"]]
+    assert kinds == [(c["type"], c["props"].get("label")) for c in theirs["components"]]

@@ -156,6 +156,22 @@ def unit_bars(job: dict[str, Any], labels: list[str]) -> str:
     return '<div class="ab-bars">' + "".join(parts) + "</div>"
 
 
+LORA_HEADERS = ["LoRA", "weight"]
+
+
+def lora_table(label: str) -> gr.Dataframe:
+    """The LoRAs of the chosen model's family, one row each with an editable weight (the
+    Generate, Edit and Tile Upscale tabs)."""
+    return gr.Dataframe(
+        headers=LORA_HEADERS,
+        datatype=["str", "number"],
+        value=[],
+        type="array",
+        static_columns=[0],
+        label=label,
+    )
+
+
 def save_output(client: Client, job: dict[str, Any], index: int, folder: Path) -> Path:
     """Output `index` of `job` downloaded into `folder`; the path Gradio serves it from."""
     output = job["outputs"][index]

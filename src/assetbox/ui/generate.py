@@ -17,10 +17,9 @@ from gradio.context import get_blocks_context
 from assetbox.client import Client
 from assetbox.kinds.diffusion import DEFAULTS
 from assetbox.pipelines.diffusion import DEFAULT_SAMPLER, samplers_for
-from assetbox.ui.common import Service, follow, relay, save_output, unit_bars
+from assetbox.ui.common import Service, follow, lora_table, relay, save_output, unit_bars
 
 DEFAULT = "default"  # the sampler choice that leaves the sampler to the service
-LORA_HEADERS = ["LoRA", "weight"]
 # Until a checkpoint is picked, the samplers of the SD families (flux1 has its own two).
 ALL_SAMPLERS = list(samplers_for("sd15"))
 
@@ -235,14 +234,7 @@ def diffusion_form(*, size_hint: str, prompts_info: str) -> DiffusionForm:
             label="Sampler",
             allow_custom_value=True,  # Flux.1's samplers through the API; the service checks
         )
-    loras = gr.Dataframe(
-        headers=LORA_HEADERS,
-        datatype=["str", "number"],
-        value=[],
-        type="array",
-        static_columns=[0],
-        label="LoRAs of the model's family (weight 0 or empty: not used; at most 4)",
-    )
+    loras = lora_table("LoRAs of the model's family (weight 0 or empty: not used; at most 4)")
     return DiffusionForm(
         model, families, refresh, prompts, negative, width, height, steps, guidance, seed,
         sampler, per_prompt, loras,

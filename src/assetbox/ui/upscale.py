@@ -23,14 +23,13 @@ import gradio as gr
 from PIL import Image
 
 from assetbox.client import Client
-from assetbox.ui.common import Service, bar, follow, relay, save_output
+from assetbox.ui.common import Service, bar, follow, lora_table, relay, save_output
 
 LANCZOS = "lanczos"
 # The slider and the download show the result; the browser gets it at most this big.
 DISPLAY = 2048
 MAX_LORAS = 4
 NONE = "none"
-LORA_HEADERS = ["LoRA", "weight"]
 
 
 # -- what the mosaic holds ------------------------------------------------------------------------
@@ -276,14 +275,7 @@ def render(service: Service, key: gr.Textbox) -> None:
                     conditioning = gr.Slider(
                         0, 2, value=1.0, step=0.05, label="Conditioning scale", scale=2
                     )
-                loras = gr.Dataframe(
-                    headers=LORA_HEADERS,
-                    datatype=["str", "number"],
-                    value=[],
-                    type="array",
-                    static_columns=[0],
-                    label="LoRAs of the model's family (weight 0: not used; at most 4)",
-                )
+                loras = lora_table("LoRAs of the model's family (weight 0: not used; at most 4)")
                 with gr.Row():
                     steps = gr.Textbox(label="Steps", placeholder="family default")
                     guidance = gr.Textbox(label="Guidance", placeholder="family default")
