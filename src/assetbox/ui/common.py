@@ -172,6 +172,39 @@ def lora_table(label: str) -> gr.Dataframe:
     )
 
 
+def lora_refs(rows: Any) -> list[dict[str, Any]]:
+    """The LoRA table's rows with a weight as the request's ``loras``; a row with weight 0 or
+    none is a LoRA not used (the table lists all the family's LoRAs)."""
+    if rows is None:
+        return []
+    if hasattr(rows, "values"):  # a DataFrame, whatever type the component hands over
+        rows = rows.values.tolist()
+    refs = []
+    for row in rows:
+        name = str(row[0] or "").strip() if row else ""
+        weight = row[1] if len(row) > 1 else None
+        if not name or weight in (None, "") or float(weight) == 0:
+            continue
+        refs.append({"name": name, "weight": float(weight)})
+    return refs
+
+
+def typed(text: str | float | None) -> Any:
+    """A number box's text as the request's value: empty is None (the service's default), a
+    number as a number, anything else as typed, so the service refuses it naming its field."""
+    if text is None or isinstance(text, int | float):
+        return text
+    text = text.strip()
+    if not text:
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
 def save_output(client: Client, job: dict[str, Any], index: int, folder: Path) -> Path:
     """Output `index` of `job` downloaded into `folder`; the path Gradio serves it from."""
     output = job["outputs"][index]

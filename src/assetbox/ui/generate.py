@@ -17,7 +17,16 @@ from gradio.context import get_blocks_context
 from assetbox.client import Client
 from assetbox.kinds.diffusion import DEFAULTS
 from assetbox.pipelines.diffusion import DEFAULT_SAMPLER, samplers_for
-from assetbox.ui.common import Service, follow, lora_table, relay, save_output, unit_bars
+from assetbox.ui.common import (
+    Service,
+    follow,
+    lora_refs,
+    lora_table,
+    relay,
+    save_output,
+    typed,
+    unit_bars,
+)
 
 DEFAULT = "default"  # the sampler choice that leaves the sampler to the service
 # Until a checkpoint is picked, the samplers of the SD families (flux1 has its own two).
@@ -33,39 +42,6 @@ def checkpoint_choices(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def prompt_lines(text: str | None) -> list[str]:
     """One prompt per non-empty line."""
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
-
-
-def lora_refs(rows: Any) -> list[dict[str, Any]]:
-    """The LoRA table's rows with a weight as the request's ``loras``; a row with weight 0 or
-    none is a LoRA not used (the table lists all the family's LoRAs)."""
-    if rows is None:
-        return []
-    if hasattr(rows, "values"):  # a DataFrame, whatever type the component hands over
-        rows = rows.values.tolist()
-    refs = []
-    for row in rows:
-        name = str(row[0] or "").strip() if row else ""
-        weight = row[1] if len(row) > 1 else None
-        if not name or weight in (None, "") or float(weight) == 0:
-            continue
-        refs.append({"name": name, "weight": float(weight)})
-    return refs
-
-
-def typed(text: str | float | None) -> Any:
-    """A number box's text as the request's value: empty is None (the service's default), a
-    number as a number, anything else as typed, so the service refuses it naming its field."""
-    if text is None or isinstance(text, int | float):
-        return text
-    text = text.strip()
-    if not text:
-        return None
-    for parse in (int, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return text
 
 
 def diffusion_fields(

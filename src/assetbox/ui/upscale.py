@@ -23,12 +23,20 @@ import gradio as gr
 from PIL import Image
 
 from assetbox.client import Client
-from assetbox.ui.common import Service, bar, follow, lora_table, relay, save_output
+from assetbox.ui.common import (
+    Service,
+    bar,
+    follow,
+    lora_refs,
+    lora_table,
+    relay,
+    save_output,
+    typed,
+)
 
 LANCZOS = "lanczos"
 # The slider and the download show the result; the browser gets it at most this big.
 DISPLAY = 2048
-MAX_LORAS = 4
 NONE = "none"
 
 
@@ -179,43 +187,6 @@ def fit(width: int, height: int, longest: int = DISPLAY) -> tuple[int, int]:
 
 
 # -- the form's values -----------------------------------------------------------------------------
-
-
-def optional_number(text: str | float | None, field: str, kind: type) -> Any:
-    """An optional number typed in a textbox: None when empty.
-
-    Raises:
-        gr.Error: text that is no number of `kind`, naming `field`.
-    """
-    if text is None or str(text).strip() == "":
-        return None
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise gr.Error(f"`{field}` must be a number but is {text!r}") from None
-    if kind is int:
-        if value != int(value):
-            raise gr.Error(f"`{field}` must be a whole number but is {text!r}")
-        return int(value)
-    return value
-
-
-def lora_refs(rows: Any) -> list[dict[str, Any]]:
-    """The LoRA table's rows with a weight other than 0.
-
-    Raises:
-        gr.Error: a weight that is no number, or more than MAX_LORAS LoRAs.
-    """
-    refs = []
-    for row in rows or []:
-        if not row or not row[0]:
-            continue
-        weight = optional_number(row[1] if len(row) > 1 else None, f"loras.{row[0]}", float)
-        if weight:
-            refs.append({"name": str(row[0]), "weight": weight})
-    if len(refs) > MAX_LORAS:
-        raise gr.Error(f"`loras` takes at most {MAX_LORAS} but {len(refs)} have a weight")
-    return refs
 
 
 def grid_number(value: float | None, field: str) -> int:
@@ -570,9 +541,9 @@ def render(service: Service, key: gr.Textbox) -> None:
                 }
                 optional = {
                     "negative_prompt": (negative_value or "").strip() or None,
-                    "steps": optional_number(steps_value, "steps", int),
-                    "guidance": optional_number(guidance_value, "guidance", float),
-                    "seed": optional_number(seed_value, "seed", int),
+                    "steps": typed(steps_value),
+                    "guidance": typed(guidance_value),
+                    "seed": typed(seed_value),
                 }
                 fields |= {k: v for k, v in optional.items() if v is not None}
                 if net and net != NONE:
