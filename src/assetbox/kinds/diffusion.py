@@ -40,6 +40,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sd15": {"size": 512, "steps": 30, "guidance": 7.0},
     "sdxl": {"size": 1024, "steps": 30, "guidance": 5.0},
     "flux1": {"size": 1024, "steps": 28, "guidance": 3.5},
+    # klein as released is step- and guidance-distilled (4 steps, no CFG); base klein: see
+    # `defaults_for`.
+    "flux2_klein": {"size": 1024, "steps": 4, "guidance": 1.0},
+    "flux2": {"size": 1024, "steps": 50, "guidance": 4.0},
+    # Qwen: `guidance` is the true CFG scale (acts only with a negative prompt).
+    "qwen_image": {"size": 1328, "steps": 50, "guidance": 4.0},
+    "qwen_image_edit": {"size": 1024, "steps": 50, "guidance": 4.0},
+    "qwen_image_edit_plus": {"size": 1024, "steps": 40, "guidance": 4.0},
+    # Z-Image-Turbo: 9 steps (8 transformer passes), no CFG (guidance 0).
+    "z_image": {"size": 1024, "steps": 9, "guidance": 0.0},
 }
 
 

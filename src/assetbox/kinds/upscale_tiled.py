@@ -153,11 +153,21 @@ def checkpoint(request: Any, data_dir: Path) -> ModelManifest:
 
     Raises:
         NotFound: no such checkpoint (naming `model`).
-        InvalidInput: `model` is an upscaler (the pre-upscaler goes in `pre_upscale`).
+        InvalidInput: `model` is an upscaler (the pre-upscaler goes in `pre_upscale`), or of a
+            family without img2img.
     """
+    from assetbox.pipelines.diffusion import IMG2IMG_FAMILIES
+
     store = _store(data_dir)
     if store.exists(request.model, "checkpoint"):
-        return store.get(request.model, "checkpoint", field="model")
+        manifest = store.get(request.model, "checkpoint", field="model")
+        if manifest.family not in IMG2IMG_FAMILIES:
+            raise InvalidInput(
+                f"`model` {manifest.id!r} is {manifest.family}, which has no img2img pipeline; "
+                f"tiled diffusion upscales with {', '.join(IMG2IMG_FAMILIES)}",
+                field="model",
+            )
+        return manifest
     if store.exists(request.model, "upscaler") or request.model == DEFAULT_UPSCALER:
         raise InvalidInput(
             "`model` must be a checkpoint (sd15, sdxl or flux1) for mode diffusion, not the "

@@ -38,11 +38,23 @@ PIPELINE_FAMILIES: dict[str, Family] = {
     "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "FluxPipeline": "flux1",
     "FluxImg2ImgPipeline": "flux1",
+    "Flux2KleinPipeline": "flux2_klein",
+    "Flux2Pipeline": "flux2",
+    "QwenImagePipeline": "qwen_image",
+    "QwenImageEditPipeline": "qwen_image_edit",
+    "QwenImageEditPlusPipeline": "qwen_image_edit_plus",
+    "ZImagePipeline": "z_image",
 }
 FAMILY_PIPELINES: dict[Family, str] = {
     "sd15": "StableDiffusionPipeline",
     "sdxl": "StableDiffusionXLPipeline",
     "flux1": "FluxPipeline",
+    "flux2_klein": "Flux2KleinPipeline",
+    "flux2": "Flux2Pipeline",
+    "qwen_image": "QwenImagePipeline",
+    "qwen_image_edit": "QwenImageEditPipeline",
+    "qwen_image_edit_plus": "QwenImageEditPlusPipeline",
+    "z_image": "ZImagePipeline",
 }
 _MODELSPEC = {  # modelspec.architecture prefixes (Stability's model metadata standard)
     "stable-diffusion-v1": "sd15",

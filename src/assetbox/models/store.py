@@ -33,9 +33,31 @@ from assetbox.errors import Conflict, InvalidInput, NotFound
 
 ModelKind = Literal["upscaler", "checkpoint", "lora", "controlnet", "captioner"]
 KINDS: tuple[ModelKind, ...] = ("upscaler", "checkpoint", "lora", "controlnet", "captioner")
-Family = Literal["sd15", "sdxl", "flux1", "qwen2_5_vl", "qwen3_vl"]
+Family = Literal[
+    "sd15",
+    "sdxl",
+    "flux1",
+    "flux2_klein",
+    "flux2",
+    "qwen_image",
+    "qwen_image_edit",
+    "qwen_image_edit_plus",
+    "z_image",
+    "qwen2_5_vl",
+    "qwen3_vl",
+]
 # Diffusion families only (checkpoints, LoRAs, ControlNets): what generate and edit accept.
-FAMILIES: tuple[Family, ...] = ("sd15", "sdxl", "flux1")
+FAMILIES: tuple[Family, ...] = (
+    "sd15",
+    "sdxl",
+    "flux1",
+    "flux2_klein",
+    "flux2",
+    "qwen_image",
+    "qwen_image_edit",
+    "qwen_image_edit_plus",
+    "z_image",
+)
 # Captioner families: the transformers `model_type` of their config.json.
 CAPTIONER_FAMILIES: tuple[Family, ...] = ("qwen2_5_vl", "qwen3_vl")
 Layout = Literal["diffusers", "single_file", "transformers"]
@@ -53,12 +75,14 @@ class ModelManifest(BaseModel):
     kind: ModelKind
     architecture: str = Field(
         description="upscalers: spandrel's architecture id (ESRGAN, Compact); diffusion models: "
-        "the diffusers class (StableDiffusionXLPipeline, ControlNetModel, ...) or 'lora'; "
-        "captioners: the transformers class (Qwen2_5_VLForConditionalGeneration, ...)"
+        "the diffusers class (StableDiffusionXLPipeline, QwenImageEditPlusPipeline, "
+        "ControlNetModel, ...) or 'lora'; captioners: the transformers class "
+        "(Qwen2_5_VLForConditionalGeneration, ...)"
     )
     family: Family | None = Field(
         default=None,
-        description="diffusion models: sd15, sdxl, flux1; captioners: qwen2_5_vl, qwen3_vl",
+        description="diffusion models: sd15, sdxl, flux1, flux2_klein, flux2, qwen_image, "
+        "qwen_image_edit, qwen_image_edit_plus, z_image; captioners: qwen2_5_vl, qwen3_vl",
     )
     layout: Layout | None = Field(
         default=None,

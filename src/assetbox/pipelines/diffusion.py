@@ -24,7 +24,29 @@ from assetbox.errors import Cancelled, InvalidInput, ModelError, OutOfMemory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-Family = Literal["sd15", "sdxl", "flux1"]
+Family = Literal[
+    "sd15",
+    "sdxl",
+    "flux1",
+    "flux2_klein",
+    "flux2",
+    "qwen_image",
+    "qwen_image_edit",
+    "qwen_image_edit_plus",
+    "z_image",
+]
+# Families whose denoiser is a flow-matching transformer (bf16 on CUDA, flow samplers).
+FLOW_FAMILIES: tuple[Family, ...] = (
+    "flux1",
+    "flux2_klein",
+    "flux2",
+    "qwen_image",
+    "qwen_image_edit",
+    "qwen_image_edit_plus",
+    "z_image",
+)
+# Families with an img2img (strength) pipeline: what edit's `image` form and the tiled upscale run.
+IMG2IMG_FAMILIES: tuple[Family, ...] = ("sd15", "sdxl", "flux1")
 Task = Literal["text2img", "img2img"]
 Quantization = Literal["none", "int8", "fp8"]
 
@@ -43,9 +65,12 @@ FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
     "euler": ("FlowMatchEulerDiscreteScheduler", {}),  # Euler, in Flux's flow-matching form
 }
-DEFAULT_SAMPLER: dict[Family, str] = {"sd15": "euler_a", "sdxl": "euler", "flux1": "flow_euler"}
-# Output sizes must be multiples of this (VAE x8; Flux also packs 2x2 latents).
-SIZE_MULTIPLE: dict[Family, int] = {"sd15": 8, "sdxl": 8, "flux1": 16}
+DEFAULT_SAMPLER: dict[Family, str] = {family: "flow_euler" for family in FLOW_FAMILIES} | {
+    "sd15": "euler_a",
+    "sdxl": "euler",
+}
+# Output sizes must be multiples of this (VAE x8; the flow transformers also pack 2x2 latents).
+SIZE_MULTIPLE: dict[Family, int] = {family: 16 for family in FLOW_FAMILIES} | {"sd15": 8, "sdxl": 8}
 MAX_RESIDENT_ADAPTERS = 8
 
 _PIPELINES: dict[tuple[Family, str, bool], str] = {
@@ -58,19 +83,27 @@ _PIPELINES: dict[tuple[Family, str, bool], str] = {
     ("flux1", "text2img", False): "FluxPipeline",
     ("flux1", "img2img", False): "FluxImg2ImgPipeline",
     ("flux1", "img2img", True): "FluxControlNetImg2ImgPipeline",
+    ("flux2_klein", "text2img", False): "Flux2KleinPipeline",
+    ("flux2", "text2img", False): "Flux2Pipeline",
+    ("qwen_image", "text2img", False): "QwenImagePipeline",
+    # The edit pipelines are their checkpoints' one pipeline (they take no text-only run).
+    ("qwen_image_edit", "text2img", False): "QwenImageEditPipeline",
+    ("qwen_image_edit_plus", "text2img", False): "QwenImageEditPlusPipeline",
+    ("z_image", "text2img", False): "ZImagePipeline",
 }
 
 
 def samplers_for(family: Family) -> dict[str, tuple[str, dict[str, Any]]]:
-    return FLOW_SAMPLERS if family == "flux1" else SAMPLERS
+    return FLOW_SAMPLERS if family in FLOW_FAMILIES else SAMPLERS
 
 
 def device_and_dtype(family: Family) -> tuple[str, Any]:
-    """fp16 (SD) or bf16 (Flux) on CUDA; float32 on a CPU (half precision is slow or missing)."""
+    """fp16 (SD) or bf16 (the flow transformers) on CUDA; float32 on a CPU (half precision is
+    slow or missing)."""
     import torch
 
     if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if family == "flux1" else torch.float16
+        return "cuda", torch.bfloat16 if family in FLOW_FAMILIES else torch.float16
     return "cpu", torch.float32
 
 
