@@ -1,0 +1,157 @@
+"""Tiny random FLUX.2 pipelines, built from configs, laid out as the real ones are saved.
+
+`build_flux2_klein` gives a `Flux2KleinPipeline` (FLUX.2 [klein]: distilled, or the base model
+with CFG) whose components are the real classes at tiny widths: `Flux2Transformer2DModel` (one
+double-stream and one single-stream block), `AutoencoderKLFlux2` (four levels: the real 8x
+downsampling, so sizes and 2x2 latent packing behave as in production), a `Qwen3ForCausalLM` text
+encoder deep enough for the pipeline's default ``text_encoder_out_layers`` (9, 18, 27), and the
+byte-level Qwen tokenizer of `tiny_models.qwen_tokenizer` with a Qwen3-style chat template (the
+pipeline calls ``apply_chat_template(..., enable_thinking=False)``). ``save_pretrained`` writes it
+as the hub folders are: model_index.json (with ``is_distilled``), transformer/, vae/,
+text_encoder/, tokenizer/, scheduler/.
+
+`flux2_lora_state_dict` gives a random LoRA for its transformer in the diffusers/peft layout.
+
+`build_flux2` gives a `Flux2Pipeline` (FLUX.2 [dev]) with a tiny
+`Mistral3ForConditionalGeneration`; its `PixtralProcessor` needs a Pixtral image processor.
+
+Weights are random with fixed seeds: the same every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LORA_RANK = 4
+# The text encoder's hidden states the pipeline stacks by default (9, 18, 27): 27 layers at least.
+TEXT_LAYERS = 27
+TEXT_HIDDEN = 16
+# Qwen3's chat template, reduced to what the klein pipeline renders: one user turn, the assistant
+# prompt, and the empty thinking block Qwen3 writes when ``enable_thinking`` is false.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def _vae():
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2(
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        latent_channels=8,  # x (2x2 patches) = the transformer's 32 input channels
+        norm_num_groups=4,
+        sample_size=64,
+    )
+
+
+def _transformer():
+    from diffusers import Flux2Transformer2DModel
+
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=32,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,  # = sum(axes_dims_rope)
+        num_attention_heads=2,
+        joint_attention_dim=3 * TEXT_HIDDEN,  # three stacked text-encoder layers
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False,  # klein takes no guidance embedding
+    )
+
+
+def _scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # FLUX.2's settings: the pipeline always passes `mu`, so dynamic shifting is on.
+    return FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+
+
+def _tokenizer():
+    from assetbox.testing.tiny_models import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_flux2_klein(distilled: bool = True):
+    """A tiny random `Flux2KleinPipeline`: distilled (no CFG, no negative prompt) or the base
+    model (CFG above guidance 1)."""
+    import torch
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from assetbox.testing.tiny_models import CAPTIONER_VOCAB
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=CAPTIONER_VOCAB,
+            hidden_size=TEXT_HIDDEN,
+            intermediate_size=32,
+            num_hidden_layers=TEXT_LAYERS,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        )
+    )
+    transformer = _transformer()
+    # Wide random weights (std 0.3, not 0.02): at diffusers' default init the reference tokens
+    # move the output by under 1/255, too little to tell reference weights apart in tests.
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            if parameter.ndim == 2:
+                parameter.normal_(0, 0.3)
+    return Flux2KleinPipeline(
+        scheduler=_scheduler(),
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=distilled,
+    )
+
+
+def flux2_lora_state_dict(pipe, name: str) -> dict[str, Any]:
+    """A random LoRA (diffusers/peft layout, ``transformer.`` prefix) on the attention
+    projections of the double-stream blocks and the fused projections of the single-stream
+    ones; its weights are seeded from `name` (different names differ)."""
+    import torch
+
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for module_name, module in pipe.transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and re.search(
+            r"attn\.(to_q|to_k|to_v|to_out\.0|to_qkv_mlp_proj|to_out)$", module_name
+        ):
+            down = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.3
+            up = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.3
+            state[f"transformer.{module_name}.lora_A.weight"] = down.contiguous()
+            state[f"transformer.{module_name}.lora_B.weight"] = up.contiguous()
+    return state
