@@ -34,8 +34,9 @@ Progress = Callable[[str], None]
 DIFFUSERS_DIR = "diffusers"
 CONFIG_DIR = "config"
 WEIGHTS_FILE = "model.safetensors"
-# What a diffusers folder may bring into the store: configs, tokenizers, safe weights.
-_KEEP = (".json", ".safetensors", ".txt", ".model")
+# What a diffusers folder may bring into the store: configs, tokenizers (and the chat templates of
+# the Qwen-based text encoders and processors), safe weights.
+_KEEP = (".json", ".safetensors", ".txt", ".model", ".jinja")
 
 
 def import_diffusion(
@@ -84,6 +85,8 @@ def import_diffusion(
             architecture=detected.architecture,
             family=detected.family,
             layout=detected.layout if detected.kind != "lora" else None,
+            distilled=detected.distilled,
+            speed_steps=detected.speed_steps,
             source=source or f"import of {path.name}",
             sha256=sha256_files(weights),
             size=sum(p.stat().st_size for p in staged.rglob("*") if p.is_file()),

@@ -15,6 +15,14 @@ else from key names and shapes:
 - flux1: single file ``double_blocks.*`` (transformer only, refused: import the diffusers folder);
   LoRA ``transformer.*``, ``lora_transformer_*`` or ``double_blocks``.
 
+The flow-transformer families (flux2_klein, flux2, qwen_image, qwen_image_edit,
+qwen_image_edit_plus, z_image) are diffusers folders, told apart by ``model_index.json``'s
+pipeline class (klein's ``is_distilled`` is recorded: the distilled model takes no CFG). Their
+LoRAs are told apart by module names (see `_flow_lora_family`); a Qwen-Image LoRA is recorded as
+qwen_image and serves all three Qwen-Image families (one transformer architecture). A LoRA whose
+metadata or file name says it is a speed LoRA (Lightning 4/8-step ...) records its steps
+(`speed_lora_steps`).
+
 Pickles (``.ckpt``, ``.pt``, ``.bin``) are refused: loading them runs arbitrary code.
 """
 
@@ -78,6 +86,8 @@ class Detected:
     family: Family
     layout: str  # "diffusers", "single_file" (every LoRA) or "transformers" (captioners)
     architecture: str  # the diffusers or transformers class, or "lora"
+    distilled: bool | None = None  # flux2_klein: model_index.json's is_distilled
+    speed_steps: int | None = None  # LoRAs: the steps a speed (step-distilled) LoRA runs at
 
 
 @dataclass(frozen=True)
@@ -145,13 +155,16 @@ def detect(path: Path, *, field: str = "path") -> Detected:
         )
     header = read_header(path, field=field)
     if _is_lora(header):
-        return Detected("lora", _lora_family(header, path, field), "single_file", "lora")
+        family = _lora_family(header, path, field)
+        steps = speed_lora_steps(header.metadata, path.name)
+        return Detected("lora", family, "single_file", "lora", speed_steps=steps)
     family = _checkpoint_family(header, path, field)
     return Detected("checkpoint", family, "single_file", FAMILY_PIPELINES[family])
 
 
 def _detect_folder(path: Path, field: str) -> Detected:
     pickles = [p.name for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
+    distilled: bool | None = None
     index = path / "model_index.json"
     config = path / "config.json"
     if index.is_file():
@@ -171,6 +184,8 @@ def _detect_folder(path: Path, field: str) -> Detected:
                     f"{path.name} is Stable Diffusion 2.x, which is not supported yet", field=field
                 )
         kind: ModelKind = "checkpoint"
+        if family == "flux2_klein":
+            distilled = bool(data.get("is_distilled", False))
     elif config.is_file():
         data = _json(config, field)
         name = str(data.get("_class_name", ""))
@@ -197,7 +212,7 @@ def _detect_folder(path: Path, field: str) -> Detected:
     _refuse_pickles(path, pickles, field)
     if not any(path.rglob("*.safetensors")):
         raise UnsupportedFormat(f"{path.name} has no .safetensors weights", field=field)
-    return Detected(kind, family, "diffusers", name)
+    return Detected(kind, family, "diffusers", name, distilled=distilled)
 
 
 def _refuse_pickles(path: Path, pickles: list[str], field: str) -> None:
@@ -288,8 +303,74 @@ def _checkpoint_family(header: Header, path: Path, field: str) -> Family:
 _CROSS_ATTN_K = re.compile(r"attn2[._]to_k.*(lora_down|lora_A|lora\.down)\.weight$")
 
 
+# What LoRA keys say of the flow transformers, on keys without their trainer's prefix
+# (``transformer.``, ``diffusion_model.``, ``lora_unet_``) and with "_" for ".", as kohya writes
+# them: the module names of diffusers' converters (loaders/lora_conversion_utils.py).
+_QWEN_IMAGE_KEY = re.compile(r"^transformer_blocks_\d+_(img_mlp|txt_mlp|img_mod|txt_mod)")
+_Z_IMAGE_KEY = re.compile(
+    r"^(layers_\d+_(attention|feed_forward|adaLN_modulation)|noise_refiner|context_refiner)"
+)
+_FLUX2_KEY = re.compile(r"(to_qkv_mlp_proj|double_stream_modulation|single_stream_modulation)")
+_TRAINER_PREFIXES = ("transformer.", "diffusion_model.", "lora_unet_", "base_model.model.")
+# FLUX.2 [dev]'s transformer width; klein's are 3072 (4B) and 4096 (9B).
+_FLUX2_DEV_WIDTH = 6144
+
+
+def _flow_lora_family(header: Header) -> Family | None:
+    """qwen_image, z_image, flux2 or flux2_klein from key names and widths, else None.
+
+    FLUX.2 in the original (BFL/ai-toolkit) layout shares Flux.1's block names
+    (``double_blocks.N.img_attn.qkv``, ``single_blocks.N.linear1``); its MLPs tell them apart:
+    FLUX.2's are gated with ratio 3 (``img_mlp.0`` out = 6 x width, ``linear1`` out = 9 x width),
+    Flux.1's plain with ratio 4 (4 x, 7 x).
+    """
+    keys = {}
+    for key, shape in header.shapes.items():
+        for prefix in _TRAINER_PREFIXES:
+            key = key.removeprefix(prefix)
+        keys[key.replace(".", "_")] = shape
+    if any(_QWEN_IMAGE_KEY.match(k) for k in keys):
+        return "qwen_image"
+    if any(_Z_IMAGE_KEY.match(k) for k in keys):
+        return "z_image"
+    width = 0
+    flux2 = any(_FLUX2_KEY.search(k) for k in keys)
+    for key, shape in keys.items():
+        if not key.endswith(("lora_A_weight", "lora_down_weight")) or len(shape) != 2:
+            continue
+        width = max(width, shape[1])
+        up = keys.get(key.replace("lora_A", "lora_B").replace("lora_down", "lora_up"))
+        if up is None or not shape[1]:
+            continue
+        ratio = up[0] / shape[1]
+        if (re.search(r"img_mlp_0_", key) and ratio == 6) or (
+            re.search(r"single_blocks_\d+_linear1_", key) and ratio == 9
+        ):
+            flux2 = True
+    if flux2:
+        return "flux2" if width >= _FLUX2_DEV_WIDTH else "flux2_klein"
+    return None
+
+
+def speed_lora_steps(metadata: dict[str, str], name: str) -> int | None:
+    """The steps a speed LoRA (step-distilled: Lightning, Hyper, Turbo ...) is made for: the
+    metadata key ``assetbox.speed_steps``, else a file name that says so, such as
+    ``Qwen-Image-Lightning-8steps-V1.0.safetensors`` or ``hyper_4_step.safetensors``."""
+    value = metadata.get("assetbox.speed_steps", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    match = _SPEED_NAME.search(name)
+    return int(match.group(2)) if match else None
+
+
+_SPEED_NAME = re.compile(r"(lightning|hyper|turbo|lcm|fast)\D{0,24}?(\d{1,2})[-_ ]?steps?", re.I)
+
+
 def _lora_family(header: Header, path: Path, field: str) -> Family:
     family = _family_from_metadata(header.metadata)
+    if family is not None:
+        return family
+    family = _flow_lora_family(header)
     if family is not None:
         return family
     keys = list(header.shapes)

@@ -7,7 +7,9 @@ diffusers config it loads with under ``config/``. LoRAs: ``model.safetensors``. 
 (vision-language models such as Qwen2.5-VL): a transformers folder under ``transformers/``:
 ``config.json``, ``model.safetensors`` (or shards with ``model.safetensors.index.json``), the
 tokenizer files, the image processor config, the chat template and ``generation_config.json``
-(see `assetbox.models.captioner_import`). A model is added by
+(see `assetbox.models.captioner_import`). IP-Adapters: ``model.safetensors`` and the CLIP
+vision encoder it was trained with under ``image_encoder/`` (see
+`assetbox.models.ip_adapter_import`). A model is added by
 building its folder under ``models/.staging/`` and renaming it into place, so a crash or a refused
 import never leaves a half-written model in the store.
 """
@@ -31,8 +33,15 @@ from pydantic import BaseModel, Field
 from assetbox.config import Settings, get_settings
 from assetbox.errors import Conflict, InvalidInput, NotFound
 
-ModelKind = Literal["upscaler", "checkpoint", "lora", "controlnet", "captioner"]
-KINDS: tuple[ModelKind, ...] = ("upscaler", "checkpoint", "lora", "controlnet", "captioner")
+ModelKind = Literal["upscaler", "checkpoint", "lora", "controlnet", "captioner", "ip_adapter"]
+KINDS: tuple[ModelKind, ...] = (
+    "upscaler",
+    "checkpoint",
+    "lora",
+    "controlnet",
+    "captioner",
+    "ip_adapter",
+)
 Family = Literal[
     "sd15",
     "sdxl",
@@ -88,6 +97,18 @@ class ModelManifest(BaseModel):
         default=None,
         description="checkpoints and ControlNets: a diffusers folder or one file; captioners: a "
         "transformers folder",
+    )
+    distilled: bool | None = Field(
+        default=None,
+        description="flux2_klein checkpoints: guidance- and step-distilled (model_index.json's "
+        "is_distilled): no CFG, no negative prompt, 4 steps",
+    )
+    speed_steps: int | None = Field(
+        default=None,
+        description="LoRAs: a speed (step-distilled) LoRA such as Qwen-Image-Lightning: the "
+        "steps it is made for (from its metadata 'assetbox.speed_steps' or its file name, e.g. "
+        "'...-Lightning-8steps-...'); a request using it defaults to these steps, no CFG, and "
+        "the scheduler settings it was distilled with",
     )
     scale: int = Field(default=1, description="upscalers: native output scale")
     network_scale: int = Field(default=1, description="upscalers: scale before any post-resize")

@@ -22,6 +22,13 @@ following diffusers' own pipeline tests; tokenizers come from small vocabularies
 Writing the single file needs diffusers→original key conversion, which diffusers ships only as
 scripts fixed to the real block counts; the generic version is here.
 
+``--family {flux2_klein,qwen_image,qwen_image_edit,qwen_image_edit_plus,z_image}`` writes
+``tiny-<family>/`` (a diffusers folder as the hub's: ``processor/`` for the Qwen edit pipelines,
+``is_distilled`` in klein's model_index.json) and ``NAME.safetensors`` per ``--lora NAME`` for
+its transformer, without metadata (Z-Image's in the trainers' ``diffusion_model.*``/``lora_down``
+layout); see `assetbox.testing.tiny_flow` and `assetbox.testing.tiny_flux2`. A LoRA whose NAME
+says ``lightning-4steps`` imports as a 4-step speed LoRA.
+
 ``python -m assetbox.testing.tiny_models --family {qwen2_5_vl,qwen3_vl} --out DIR`` writes a
 captioner, ``tiny-<family>/``, as ``save_pretrained`` writes the real Qwen2.5-VL / Qwen3-VL
 folders: config.json, model.safetensors, generation_config.json, tokenizer.json and
@@ -50,6 +57,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FAMILIES = ("sd15", "sdxl", "flux1")
+# The flow-transformer families (testing/tiny_flow.py, testing/tiny_flux2.py): kept apart from
+# FAMILIES, which the test session writes for every run.
+FLOW_FAMILIES = ("flux2_klein", "qwen_image", "qwen_image_edit", "qwen_image_edit_plus", "z_image")
 CAPTIONER_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 TINY_MERGES = 486  # CLIP vocabulary of 256 + 256 + 486 + 2 = 1000 tokens
 LORA_RANK = 4
@@ -213,7 +223,15 @@ def build_pipeline(family: str):
         )
     if family == "flux1":
         return _flux()
-    raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
+    if family == "flux2_klein":
+        from assetbox.testing.tiny_flux2 import build_flux2_klein
+
+        return build_flux2_klein(distilled=True)
+    if family in FLOW_FAMILIES:
+        from assetbox.testing import tiny_flow
+
+        return tiny_flow.build_pipeline(family)
+    raise ValueError(f"family must be one of {FAMILIES + FLOW_FAMILIES}, not {family!r}")
 
 
 def _flux():
@@ -768,6 +786,10 @@ def write(family: str, out: Path, *, controlnet: bool = False, loras: tuple[str,
         if controlnet or loras:
             raise ValueError(f"{family} is a captioner: it has no ControlNets or LoRAs")
         return [write_captioner(family, out / f"tiny-{family}")]
+    if family in FLOW_FAMILIES:
+        if controlnet:
+            raise ValueError(f"no tiny ControlNet for {family}")
+        return _write_flow(family, out, loras)
     pipe = build_pipeline(family)
     written = []
     folder = out / f"tiny-{family}"
@@ -797,9 +819,36 @@ def write(family: str, out: Path, *, controlnet: bool = False, loras: tuple[str,
     return written
 
 
+def _write_flow(family: str, out: Path, loras: tuple[str, ...]) -> list[Path]:
+    """A flow-transformer family: its diffusers folder and LoRAs without metadata (real ones
+    mostly have none: the store tells their family by their keys)."""
+    from safetensors.torch import save_file
+
+    pipe = build_pipeline(family)
+    folder = out / f"tiny-{family}"
+    shutil.rmtree(folder, ignore_errors=True)
+    pipe.save_pretrained(folder)
+    written = [folder]
+    for name in loras:
+        if family == "flux2_klein":
+            from assetbox.testing.tiny_flux2 import flux2_lora_state_dict
+
+            state = flux2_lora_state_dict(pipe, name)
+        else:
+            from assetbox.testing import tiny_flow
+
+            state = tiny_flow.lora_state_dict(pipe, family, name)
+        path = out / f"{name}.safetensors"
+        save_file(state, str(path))
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=FAMILIES + CAPTIONER_FAMILIES, required=True)
+    parser.add_argument(
+        "--family", choices=FAMILIES + FLOW_FAMILIES + CAPTIONER_FAMILIES, required=True
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--controlnet", action="store_true", help="also write a ControlNet")
     parser.add_argument("--lora", action="append", default=[], help="write a LoRA of this name")
