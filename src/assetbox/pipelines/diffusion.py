@@ -1,4 +1,5 @@
-"""Diffusion pipelines (diffusers) for SD 1.5, SDXL and Flux.1: loading, samplers, LoRAs, runs.
+"""Diffusion pipelines (diffusers) for SD 1.5, SDXL, Flux.1, FLUX.2, Qwen-Image(-Edit, -Edit-Plus)
+and Z-Image: loading, samplers, LoRAs, runs (FLUX.2's references: pipelines/flux2.py).
 
 A loaded checkpoint (`DiffusionModel`) is one text-to-image pipeline; img2img and ControlNet
 img2img pipelines are derived from it with ``from_pipe`` (the same modules, no second copy).
@@ -11,9 +12,13 @@ No file or network I/O here beyond loading weights from the paths given.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import math
 import os
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +77,31 @@ DEFAULT_SAMPLER: dict[Family, str] = {family: "flow_euler" for family in FLOW_FA
 # Output sizes must be multiples of this (VAE x8; the flow transformers also pack 2x2 latents).
 SIZE_MULTIPLE: dict[Family, int] = {family: 16 for family in FLOW_FAMILIES} | {"sd15": 8, "sdxl": 8}
 MAX_RESIDENT_ADAPTERS = 8
+# The families that edit by instruction (`RunParams.images`), and how many input images each takes.
+INSTRUCTION_EDIT_IMAGES: dict[Family, int] = {"qwen_image_edit": 1, "qwen_image_edit_plus": 3}
+QWEN_FAMILIES: tuple[Family, ...] = ("qwen_image", "qwen_image_edit", "qwen_image_edit_plus")
+# The area the Qwen edit pipelines resize their input images to (VAE and, for Edit, the vision
+# encoder), as the model makers do: about 1 MP. Plus gives its vision encoder 384 x 384 of it.
+DEFAULT_CONDITION_PIXELS = 1024 * 1024
+_PLUS_VISION_SHARE = (384 * 384) / (1024 * 1024)
+# Qwen-Image(-Edit)-Lightning's scheduler (lightx2v's model card): dynamic shifting with base
+# and max shift log(3), exponential time shift, shift 1. Speed LoRAs on the Qwen families run
+# with it; other families' speed LoRAs keep the model's own scheduler.
+LIGHTNING_SCHEDULER: dict[str, Any] = {
+    "base_image_seq_len": 256,
+    "base_shift": math.log(3),
+    "max_image_seq_len": 8192,
+    "max_shift": math.log(3),
+    "shift": 1.0,
+    "shift_terminal": None,
+    "time_shift_type": "exponential",
+    "use_dynamic_shifting": True,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+}
+# Patching the edit pipelines' module-level resize area (see `_condition_area`) is process-wide.
+_CONDITION_AREA_LOCK = threading.Lock()
 
 _PIPELINES: dict[tuple[Family, str, bool], str] = {
     ("sd15", "text2img", False): "StableDiffusionPipeline",
@@ -199,7 +229,12 @@ def load_checkpoint(
     cls = getattr(diffusers, _PIPELINES[(family, "text2img", False)])
     try:
         if folder is not None:
-            pipe = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+            extra = {}
+            if family in INSTRUCTION_EDIT_IMAGES:
+                extra["processor"] = _image_only_processor(folder / "processor")
+            pipe = cls.from_pretrained(
+                str(folder), torch_dtype=dtype, local_files_only=True, **extra
+            )
         else:
             assert single_file is not None and config is not None
             pipe = cls.from_single_file(
@@ -209,7 +244,7 @@ def load_checkpoint(
         raise ModelError(f"cannot load the {family} checkpoint: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     if quantization != "none":
-        _quantize(pipe.transformer if family == "flux1" else pipe.unet, quantization)
+        _quantize(pipe.transformer if family in FLOW_FAMILIES else pipe.unet, quantization)
     model = DiffusionModel(family, pipe, device, scheduler_config=dict(pipe.scheduler.config))
     if device == "cuda":
         if budget_bytes is not None and model.nbytes > budget_bytes:
@@ -218,6 +253,29 @@ def load_checkpoint(
         else:
             pipe.to(device)
     return model
+
+
+def _image_only_processor(folder: Path) -> Any:
+    """The Qwen edit pipelines' Qwen2VLProcessor without its video part: transformers builds
+    video processors with torchvision, which CPU installs lack (loading the folder as diffusers
+    does fails there), and the pipelines pass only images. The image part is the PIL image
+    processor everywhere, so outputs do not depend on whether torchvision is installed.
+
+    Raises:
+        OSError, ValueError: the folder's files do not load (`load_checkpoint` reports them).
+    """
+    import transformers
+
+    from assetbox.pipelines.caption import _image_only
+
+    image_processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(
+        str(folder), local_files_only=True
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    cls = _image_only(transformers.Qwen2VLProcessor)
+    template = folder / "chat_template.jinja"
+    chat_template = template.read_text() if template.is_file() else tokenizer.chat_template
+    return cls(image_processor, tokenizer, chat_template=chat_template)
 
 
 def load_controlnet(family: Family, folder: Path) -> Any:
@@ -238,6 +296,7 @@ class LoraUse:
     path: Path
     name: str  # adapter name: stands for these weights (store id and hash), [A-Za-z0-9_]
     weight: float
+    speed: bool = False  # a speed (step-distilled) LoRA: Qwen families run Lightning's scheduler
 
 
 @dataclass
@@ -257,9 +316,18 @@ class RunParams:
     strength: float = 0.6
     control_image: np.ndarray | None = None
     conditioning_scale: float = 1.0
+    # Instruction edit (Qwen-Image-Edit, -Plus): the input images (H x W x 3 uint8) and the area
+    # in pixels the pipeline resizes each to before encoding (see `_condition_area`).
+    images: Sequence[np.ndarray] = ()
+    condition_pixels: int = DEFAULT_CONDITION_PIXELS
+    # FLUX.2 reference images (H x W x 3 uint8) with their weights (see pipelines/flux2.py).
+    references: Sequence[tuple[np.ndarray, float]] = ()
+    ip_adapter: Any = None  # an assetbox.pipelines.ip_adapter.IPAdapterUse (SD 1.5, SDXL)
 
 
-def _scheduler(model: DiffusionModel, sampler: str) -> Any:
+def _scheduler(model: DiffusionModel, sampler: str, loras: Sequence[LoraUse] = ()) -> Any:
+    """The sampler's scheduler from the model's config (Lightning's settings with a speed LoRA
+    on a Qwen family)."""
     import diffusers
 
     choices = samplers_for(model.family)
@@ -269,7 +337,43 @@ def _scheduler(model: DiffusionModel, sampler: str) -> Any:
             field="sampler",
         )
     name, extra = choices[sampler]
+    if model.family in QWEN_FAMILIES and any(lora.speed for lora in loras):
+        extra = extra | LIGHTNING_SCHEDULER
     return getattr(diffusers, name).from_config(model.scheduler_config, **extra)
+
+
+@contextlib.contextmanager
+def _condition_area(pipe: Any, pixels: int) -> Iterator[None]:
+    """The Qwen edit pipelines with their input images resized to about `pixels` pixels.
+
+    diffusers hard-codes the area in the pipeline modules (Edit: ``calculate_dimensions(1024 *
+    1024, ...)`` in ``__call__``; Plus: the module constants ``VAE_IMAGE_SIZE`` and
+    ``CONDITION_IMAGE_SIZE``) and offers no argument for it. The module names are rebound for
+    the call, under a lock (they are process-wide), and restored after it; at the default area
+    nothing is touched. The output size is the request's either way (passed as width/height).
+    """
+    if pixels == DEFAULT_CONDITION_PIXELS:
+        yield
+        return
+    module = importlib.import_module(type(pipe).__module__)
+    with _CONDITION_AREA_LOCK:
+        saved = {name: getattr(module, name) for name in ("calculate_dimensions",)}
+        if hasattr(module, "VAE_IMAGE_SIZE"):  # Plus
+            saved |= {n: getattr(module, n) for n in ("VAE_IMAGE_SIZE", "CONDITION_IMAGE_SIZE")}
+            module.VAE_IMAGE_SIZE = pixels
+            module.CONDITION_IMAGE_SIZE = max(32 * 32, round(pixels * _PLUS_VISION_SHARE))
+        else:
+            original = saved["calculate_dimensions"]
+
+            def calculate_dimensions(target_area: float, ratio: float) -> Any:
+                return original(pixels if target_area == 1024 * 1024 else target_area, ratio)
+
+            module.calculate_dimensions = calculate_dimensions
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(module, name, value)
 
 
 def run(
@@ -295,7 +399,7 @@ def run(
 
     task: Task = "img2img" if params.image is not None else "text2img"
     pipe = model.pipeline(task, controlnet)
-    pipe.scheduler = _scheduler(model, params.sampler)
+    pipe.scheduler = _scheduler(model, params.sampler, params.loras)
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in params.seeds]
 
     def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
@@ -314,11 +418,25 @@ def run(
         "callback_on_step_end": on_step_end,
     }
     if params.guidance is not None:
-        kwargs["guidance_scale"] = params.guidance
+        # Qwen-Image's CFG is "true" CFG (a second pass with the negative prompt): it acts only
+        # with a negative prompt; its `guidance_scale` is for guidance-distilled transformers.
+        if model.family not in QWEN_FAMILIES:
+            kwargs["guidance_scale"] = params.guidance
+        else:  # 1 without a negative prompt: the same run, without diffusers' warning
+            kwargs["true_cfg_scale"] = params.guidance if params.negative_prompt else 1.0
     if model.family == "flux1":
         kwargs["max_sequence_length"] = min(512, pipe.tokenizer_2.model_max_length)
-    elif params.negative_prompt:
+    elif params.negative_prompt and model.family not in ("flux2_klein", "flux2"):
         kwargs["negative_prompt"] = params.negative_prompt
+    edits = INSTRUCTION_EDIT_IMAGES.get(model.family)
+    if edits is not None:
+        if not 1 <= len(params.images) <= edits:
+            raise InvalidInput(
+                f"{model.family} edits 1 to {edits} images, not {len(params.images)}",
+                field="images",
+            )
+        inputs = [Image.fromarray(image).convert("RGB") for image in params.images]
+        kwargs["image"] = inputs if len(inputs) > 1 else inputs[0]
     if task == "text2img":
         kwargs |= {"width": params.width, "height": params.height}
     else:
@@ -336,10 +454,17 @@ def run(
                 "control_image": control_image,
                 "controlnet_conditioning_scale": params.conditioning_scale,
             }
+    from assetbox.pipelines.ip_adapter import applied
+
     try:
         _use_loras(model, pipe, params.loras)
-        with torch.inference_mode():
-            images = pipe(**kwargs).images
+        area = params.condition_pixels if edits is not None else DEFAULT_CONDITION_PIXELS
+        with (
+            applied(pipe, params.ip_adapter) as extra,
+            _condition_area(pipe, area),
+            torch.inference_mode(),
+        ):
+            images = pipe(**kwargs, **extra).images
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(f"the device ran out of memory: {exc}") from exc
     return [np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8) for image in images]
