@@ -65,3 +65,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapters(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny sd15 and sdxl checkpoint folders (`tiny-<family>/`) and an IP-Adapter for each
+    (`ip-adapter-<family>/`: the adapter file and its `image_encoder/`), written once per
+    session; apart from `tiny_models`, so the IP-Adapter tests need no other family."""
+    from assetbox.testing.tiny_ip_adapter import write_ip_adapter
+    from assetbox.testing.tiny_models import build_pipeline
+
+    out = tmp_path_factory.mktemp("tiny-ip-adapters")
+    for family in ("sd15", "sdxl"):
+        pipe = build_pipeline(family)
+        pipe.save_pretrained(out / f"tiny-{family}")
+        write_ip_adapter(family, out / f"ip-adapter-{family}", unet=pipe.unet)
+    return out

@@ -29,9 +29,11 @@ from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
 from assetbox.imaging import DecodedImage, decode_image, encode_image, to_uint8
 from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
+from assetbox.kinds.ip_adapter import IPAdapterRef, check_ip_adapter, ip_adapter_lease
 from assetbox.models.cache import files_bytes
 from assetbox.models.diffusion_import import CONFIG_DIR, DIFFUSERS_DIR, WEIGHTS_FILE
 from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
+from assetbox.pipelines.memory import peak_report
 
 MAX_SEED = 2**32 - 1
 MAX_SIZE = 4096
@@ -95,6 +97,9 @@ class GenerateOptions(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     sampler: str | None = Field(default=None, description="euler, euler_a, ddim, dpmpp_2m, ...")
     loras: list[LoraRef] = Field(default_factory=list, max_length=4)
+    ip_adapter: IPAdapterRef | None = Field(
+        default=None, description="an image as a prompt (SD 1.5, SDXL): {model, image, scale}"
+    )
     format: ImageFormat = "png"
 
     @field_validator("prompts")
@@ -286,6 +291,11 @@ class DiffusionPlanner:
                 f"`seed` + {images} images must stay at most {MAX_SEED}; use a smaller seed",
                 field="seed",
             )
+        if request.ip_adapter is not None:
+            has_image = getattr(request, "image", None) is not None
+            check_ip_adapter(
+                store, manifest, request.ip_adapter, data_dir, has_input_image=has_image
+            )
         self._check_inputs(request, store, manifest, data_dir)
 
     def _check_inputs(
@@ -324,7 +334,9 @@ class DiffusionPlanner:
         return ctx.cache[key]
 
     def run_unit(self, request: BaseModel, payload: dict[str, Any], ctx: UnitContext) -> bytes:
-        from assetbox.pipelines.diffusion import DEFAULT_SAMPLER, RunParams, run
+        from assetbox.pipelines.diffusion import DEFAULT_SAMPLER, RunParams, device_and_dtype, run
+        from assetbox.pipelines.ip_adapter import IPAdapterUse
+        from assetbox.pipelines.memory import PeakMemory
 
         assert isinstance(request, GenerateOptions)
         started = time.perf_counter()
@@ -346,7 +358,17 @@ class DiffusionPlanner:
         )
         net_ref = self._inputs(request, params, ctx)
         key = checkpoint_key(manifest)
-        with checkpoint_lease(manifest, ctx) as model:
+        peak = PeakMemory(device_and_dtype(family)[0])  # the unit's, model loading included
+        with (
+            peak,
+            checkpoint_lease(manifest, ctx) as model,
+            ip_adapter_lease(request.ip_adapter, family, ctx) as adapter,
+        ):
+            if adapter is not None:
+                assert request.ip_adapter is not None
+                ref = request.ip_adapter.image or getattr(request, "image")  # noqa: B009
+                image = self._image(ref, ctx, "ip_adapter.image")
+                params.ip_adapter = IPAdapterUse(adapter, image, request.ip_adapter.scale)
             if net_ref is None:
                 images = run(
                     model, params, should_stop=ctx.should_stop, report_step=ctx.report_step
@@ -364,7 +386,7 @@ class DiffusionPlanner:
             ctx.models.remeasure(key)  # adapters stay loaded: count their memory too
         buffer = io.BytesIO()
         elapsed = np.array([(time.perf_counter() - started) * 1000], dtype=np.float64)
-        np.savez(buffer, images=np.stack(images), elapsed_ms=elapsed)
+        np.savez(buffer, images=np.stack(images), elapsed_ms=elapsed, peak_mb=peak.as_array())
         return buffer.getvalue()
 
     def assemble(
@@ -376,6 +398,7 @@ class DiffusionPlanner:
         for data in results:
             unit = np.load(io.BytesIO(data), allow_pickle=False)
             elapsed = float(unit["elapsed_ms"][0])
+            memory = peak_report(unit["peak_mb"]) if "peak_mb" in unit.files else {}
             images = unit["images"]
             for image in images:
                 started = time.perf_counter()
@@ -392,7 +415,8 @@ class DiffusionPlanner:
                         timings_ms={
                             "generate": round(elapsed / len(images), 1),
                             "encode": round((time.perf_counter() - started) * 1000, 1),
-                        },
+                        }
+                        | memory,
                     )
                 )
                 seed += 1

@@ -17,6 +17,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ from assetbox.kinds.diffusion import (
     controlnet_lease,
     lora_uses,
 )
+from assetbox.kinds.ip_adapter import IPAdapterRef, check_ip_adapter, ip_adapter_lease
 from assetbox.kinds.tiles import TileSource, check_source, pre_upscaled
 from assetbox.kinds.tiles import tile_plan as grid_plan
 from assetbox.logs import get_logger
@@ -105,6 +107,11 @@ class DiffusionUpscaleFields(BaseModel):
     )
     controlnet: ControlNetUse | None = None
     loras: list[LoraRef] = Field(default_factory=list, max_length=4)
+    ip_adapter: IPAdapterRef | None = Field(
+        default=None,
+        description="diffusion: an image as a prompt for every tile (SD 1.5, SDXL): {model, "
+        "image (default: the input image), scale}",
+    )
     prompt: str = Field(default="", max_length=4000, description="diffusion: the global style")
     negative_prompt: str | None = Field(default=None, max_length=4000)
     steps: int | None = Field(default=None, ge=1, le=500)
@@ -266,6 +273,8 @@ def check(request: Any, data_dir: Path) -> None:
     check_family_options(store, manifest, request.sampler, request.loras, request.negative_prompt)
     if request.controlnet is not None:
         check_controlnet(store, manifest, request.controlnet.model)
+    if request.ip_adapter is not None:
+        check_ip_adapter(store, manifest, request.ip_adapter, data_dir, has_input_image=True)
     if request.captions == "auto":
         captioner_manifest(store, request.captioner)
     check_source(source(request), data_dir, field="")
@@ -359,8 +368,27 @@ def attempts() -> int:
 
 
 def run_unit(request: Any, payload: dict[str, Any], ctx: UnitContext) -> bytes:
-    """One batch of tiles → their blended-ready pixels (and captions, failures) as an npz."""
+    """One batch of tiles → their blended-ready pixels (and captions, failures, the unit's peak
+    memory) as an npz."""
+    from assetbox.pipelines.memory import PeakMemory
 
+    with PeakMemory(_device()) as peak:
+        out, captions, failed = _run_tiles(request, payload, ctx)
+    meta = {"captions": captions, "failed": failed, "peak": peak.report()}
+    buffer = io.BytesIO()
+    np.savez(buffer, tiles=np.stack(out), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    return buffer.getvalue()
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"  # as pipelines.diffusion places models
+
+
+def _run_tiles(
+    request: Any, payload: dict[str, Any], ctx: UnitContext
+) -> tuple[list[np.ndarray], dict[str, str], dict[str, str]]:
     image = input_image(request, ctx.data_dir, ctx.cache)
     rgb = to_uint8(image.rgb)
     plan = plan_for(request, image.width, image.height)
@@ -398,13 +426,7 @@ def run_unit(request: Any, payload: dict[str, Any], ctx: UnitContext) -> bytes:
             )
             out = crops
             failed = {tile.id: message for tile in tiles}
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        tiles=np.stack(out),
-        meta=np.frombuffer(json.dumps({"captions": captions, "failed": failed}).encode(), np.uint8),
-    )
-    return buffer.getvalue()
+    return out, captions, failed
 
 
 def _diffuse(
@@ -441,7 +463,12 @@ def _diffuse(
         loras=lora_uses(store, request.loras),
         conditioning_scale=request.controlnet.conditioning_scale if request.controlnet else 1.0,
     )
-    with checkpoint_lease(manifest, ctx) as model:
+    with (
+        checkpoint_lease(manifest, ctx) as model,
+        ip_adapter_lease(request.ip_adapter, manifest.family, ctx) as adapter,
+    ):
+        if adapter is not None:
+            params = replace(params, ip_adapter=_ip_adapter_use(request, adapter, ctx))
         if request.controlnet is None:
             out = diffuse_tiles(
                 model, inputs, params, should_stop=ctx.should_stop, report_step=ctx.report_step
@@ -459,6 +486,19 @@ def _diffuse(
     if request.color_fix != "none":
         out = [color_fix(o, c, request.color_fix) for o, c in zip(out, crops, strict=True)]
     return out, captions
+
+
+def _ip_adapter_use(request: Any, adapter: Any, ctx: UnitContext) -> Any:
+    """The adapter with its image: the request's own, else the whole input image."""
+    from assetbox.pipelines.ip_adapter import IPAdapterUse
+
+    ref = request.ip_adapter
+    if ref.image is None:
+        image = input_image(request, ctx.data_dir, ctx.cache)
+    else:
+        data = blob_path(ctx.data_dir, ref.image, field="ip_adapter.image").read_bytes()
+        image = decode_image(data, field="ip_adapter.image")
+    return IPAdapterUse(adapter, to_uint8(image.rgb), ref.scale)
 
 
 def tile_prompt(request: Any, tile_id: str, caption: str | None) -> str:
@@ -508,6 +548,7 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
     loaded: dict[int, dict[str, Any]] = {}
     captions: dict[str, str] = {}
     failed: dict[str, str] = {}
+    peaks: dict[str, float] = {}
     blender = TileBlender(plan)
     out = np.empty((plan.height, plan.width, 3), dtype=np.uint8)
     left = {n: len(unit["tiles"]) for n, unit in enumerate(units)}
@@ -518,6 +559,8 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
             meta = json.loads(data["meta"].tobytes())
             captions |= meta["captions"]
             failed |= meta["failed"]
+            for name, value in meta.get("peak", {}).items():  # the largest unit's
+                peaks[name] = max(peaks.get(name, 0.0), value)
             loaded[n] = dict(zip(units[n]["tiles"], data["tiles"], strict=True))
         pixels = loaded[n][tile.id]
         left[n] -= 1
@@ -548,7 +591,7 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
             width=plan.width,
             height=plan.height,
             seed=request.seed,
-            timings_ms={"assemble": round((time.perf_counter() - started) * 1000, 1)},
+            timings_ms={"assemble": round((time.perf_counter() - started) * 1000, 1)} | peaks,
             summary=summary,
         )
     ]

@@ -171,10 +171,10 @@ def import_model(
     progress: Progress | None = None,
     expected_kind: ModelKind | None = None,
 ) -> ModelManifest:
-    """Import any model: diffusers folders, transformers captioner folders, diffusion
-    checkpoints and LoRAs (by their headers), else upscalers. Pickles other than weights-only
-    ``.pth`` upscalers are refused. With `expected_kind`, a model of another kind is refused
-    before anything is stored.
+    """Import any model: diffusers folders, transformers captioner folders, IP-Adapters (with
+    their image encoders), diffusion checkpoints and LoRAs (by their headers), else upscalers.
+    Pickles other than weights-only ``.pth`` upscalers are refused. With `expected_kind`, a
+    model of another kind is refused before anything is stored.
 
     Raises:
         UnsupportedFormat, ModelError, InvalidInput, Conflict: as the importers do.
@@ -182,6 +182,7 @@ def import_model(
     from assetbox.models.captioner_import import import_captioner
     from assetbox.models.diffusion_import import import_diffusion
     from assetbox.models.families import detect, is_diffusion, read_header, refuse_pickle
+    from assetbox.models.ip_adapter_import import detect_ip_adapter, import_ip_adapter
 
     def by_detection() -> ModelManifest:  # folders and diffusion files
         detected = detect(path)
@@ -192,6 +193,12 @@ def import_model(
         )
 
     path = Path(path)
+    adapter = detect_ip_adapter(path)  # before the others: its keys are no diffusion model's
+    if adapter is not None:
+        _expect(expected_kind, "ip_adapter")
+        return import_ip_adapter(
+            store, path, model_id=model_id, source=source, progress=progress, found=adapter
+        )
     if path.is_dir():
         return by_detection()
     if path.suffix.lower() == ".safetensors" and path.is_file():

@@ -23,6 +23,7 @@ import numpy as np
 from assetbox.errors import Cancelled, InvalidInput, OutOfMemory
 from assetbox.imaging.noise import batch_noise
 from assetbox.pipelines.diffusion import DiffusionModel, LoraUse, _scheduler, _use_loras
+from assetbox.pipelines.ip_adapter import IPAdapterUse, applied
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TiledParams:
     negative_prompt: str | None = None
     loras: Sequence[LoraUse] = ()
     conditioning_scale: float = 1.0
+    ip_adapter: IPAdapterUse | None = None  # one image for every tile (SD 1.5, SDXL)
 
 
 def diffuse_tiles(
@@ -124,8 +126,12 @@ def diffuse_tiles(
                 )
     try:
         _use_loras(model, pipe, params.loras)
-        with torch.inference_mode(), _one_thread_on_cpu(model.device):
-            out = pipe(**kwargs).images
+        with (
+            applied(pipe, params.ip_adapter) as extra,
+            torch.inference_mode(),
+            _one_thread_on_cpu(model.device),
+        ):
+            out = pipe(**kwargs, **extra).images
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(f"the device ran out of memory: {exc}") from exc
     finally:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from assetbox.server.deps import EngineDep
 from assetbox.server.schemas import EditCreate, GenerateCreate
 from assetbox.server.submit import (
+    image_bytes,
     image_inputs,
     is_multipart,
     job_route,
@@ -21,7 +22,22 @@ from assetbox.server.submit import (
 
 router = APIRouter(prefix="/v1", tags=["diffusion"])
 
-EDIT_FILES = {"image": ("image",), "controlnet.image": ("controlnet.image", "controlnet_image")}
+
+async def reference_inputs(request: Request, body: GenerateCreate | EditCreate) -> dict[str, bytes]:
+    """FLUX.2 `references`: each ``references.N.image`` (base64 or an http(s) URL) resolved."""
+    images = {}
+    for n, reference in enumerate(body.references):
+        field = f"references.{n}.image"
+        images[field] = await image_bytes(request, reference.image, field)
+    return images
+
+
+EDIT_FILES = {
+    "image": ("image",),
+    "controlnet.image": ("controlnet.image", "controlnet_image"),
+    "ip_adapter.image": ("ip_adapter.image", "ip_adapter_image"),
+}
+GENERATE_IMAGES = ("ip_adapter.image",)
 
 
 @router.post("/generate", **job_route(GenerateCreate))
@@ -32,9 +48,14 @@ async def create_generate(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Queue a text-to-image job (`prompts` x `num_images_per_prompt` images, seeds
-    ``seed, seed+1, ...``); ``Prefer: wait=N`` waits up to N seconds."""
+    ``seed, seed+1, ...``); ``Prefer: wait=N`` waits up to N seconds. An IP-Adapter's image
+    (`ip_adapter.image`) is base64 or an http(s) URL."""
     body = parse_json(GenerateCreate, await request.body())
-    return await submit_job(engine, "generate", body, body.options(), {}, prefer, idempotency_key)
+    images = await image_inputs(request, body, {}, GENERATE_IMAGES)
+    images |= await reference_inputs(request, body)
+    return await submit_job(
+        engine, "generate", body, body.options(), images, prefer, idempotency_key
+    )
 
 
 @router.post(
@@ -48,13 +69,16 @@ async def create_edit(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Queue an img2img job (with `strength`; optionally a ControlNet whose image defaults to
-    the input image). Without `width`/`height` it runs at the input image's size. As multipart,
-    `image` and `controlnet.image` (or `controlnet_image`) are file parts, `prompts`, `loras`
-    and `controlnet` JSON text (`prompts` also repeated parts)."""
+    the input image; an IP-Adapter, whose image defaults to the input image too). Without
+    `width`/`height` it runs at the input image's size. As multipart, `image`,
+    `controlnet.image` (or `controlnet_image`) and `ip_adapter.image` (or `ip_adapter_image`)
+    are file parts, `prompts`, `loras`, `controlnet` and `ip_adapter` JSON text (`prompts` also
+    repeated parts)."""
     if is_multipart(request):
         body, uploads = await read_form(request, EditCreate, EDIT_FILES)
     else:
         body, uploads = parse_json(EditCreate, await request.body()), {}
     images = await image_inputs(request, body, uploads, tuple(EDIT_FILES))
+    images |= await reference_inputs(request, body)
     # The blobs take the images' places (options carry the base64, URL or placeholder till then).
     return await submit_job(engine, "edit", body, body.options(), images, prefer, idempotency_key)

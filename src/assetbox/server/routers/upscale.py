@@ -23,7 +23,7 @@ from assetbox.server.submit import (
 
 router = APIRouter(prefix="/v1", tags=["upscale"])
 
-FILES = {"image": ("image",)}
+FILES = {"image": ("image",), "ip_adapter.image": ("ip_adapter.image", "ip_adapter_image")}
 
 
 @router.post(
