@@ -27,17 +27,25 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
-from assetbox.imaging import DecodedImage, decode_image, encode_image, to_uint8
+from assetbox.imaging import DecodedImage, decode_image, encode_image, to_uint8, verify_image
 from assetbox.imaging.codec import MEDIA_TYPES, ImageFormat
 from assetbox.kinds.ip_adapter import IPAdapterRef, check_ip_adapter, ip_adapter_lease
 from assetbox.models.cache import files_bytes
 from assetbox.models.diffusion_import import CONFIG_DIR, DIFFUSERS_DIR, WEIGHTS_FILE
 from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
+from assetbox.pipelines.flux2 import (
+    FLUX2_FAMILIES,
+    MAX_REFERENCE_WEIGHT,
+    MAX_REFERENCES,
+    check_reference_size,
+    run_flux2,
+)
 from assetbox.pipelines.memory import peak_report
 
 MAX_SEED = 2**32 - 1
 MAX_SIZE = 4096
-# Per family: default size, steps, guidance (the model makers' recommendations).
+# Per family: default size, steps, guidance (the model makers' recommendations; see also
+# `defaults_for`, `fill_guidance`).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sd15": {"size": 512, "steps": 30, "guidance": 7.0},
     "sdxl": {"size": 1024, "steps": 30, "guidance": 5.0},
@@ -55,9 +63,30 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Families whose LoRAs serve each other: Qwen-Image's LoRAs (recorded as qwen_image: their keys
+# are the same) fit the edit models, which share its transformer architecture.
+LORA_GROUP = {"qwen_image_edit": "qwen_image", "qwen_image_edit_plus": "qwen_image"}
+# Families whose pipelines take no negative prompt, and why.
+NO_NEGATIVE_PROMPT = {
+    "flux1": "Flux.1 (guidance-distilled)",
+    "flux2_klein": "FLUX.2 klein (its pipeline takes no negative prompt)",
+    "flux2": "FLUX.2 (guidance-distilled)",
+}
+
+
 class LoraRef(BaseModel):
     name: str = Field(description="store id of the LoRA")
     weight: float = Field(default=1.0, ge=-4, le=4)
+
+
+class ReferenceImage(BaseModel):
+    image: str = Field(description="a reference image (blob; at HTTP base64 or an http(s) URL)")
+    weight: float = Field(
+        default=1.0,
+        ge=0,
+        le=MAX_REFERENCE_WEIGHT,
+        description="how much the output draws on it: 1 as FLUX.2 itself, 0 as if left out",
+    )
 
 
 class ControlNetRef(BaseModel):
@@ -97,6 +126,12 @@ class GenerateOptions(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     sampler: str | None = Field(default=None, description="euler, euler_a, ddim, dpmpp_2m, ...")
     loras: list[LoraRef] = Field(default_factory=list, max_length=4)
+    references: list[ReferenceImage] = Field(
+        default_factory=list,
+        max_length=MAX_REFERENCES,
+        description="FLUX.2 only: reference images, each at least 64 px a side, with weights; "
+        "shared by all prompts (encoded once per job)",
+    )
     ip_adapter: IPAdapterRef | None = Field(
         default=None, description="an image as a prompt (SD 1.5, SDXL): {model, image, scale}"
     )
@@ -158,15 +193,73 @@ def check_family_options(
         )
     for n, lora in enumerate(loras):
         found = store.get(lora.name, "lora", field=f"loras.{n}.name")
-        if found.family != family:
+        if LORA_GROUP.get(found.family, found.family) != LORA_GROUP.get(family, family):
             raise InvalidInput(
                 f"LoRA {lora.name!r} is for {found.family}, the checkpoint "
                 f"{manifest.id!r} is {family}",
                 field=f"loras.{n}.name",
             )
-    if family == "flux1" and negative_prompt:
+    if family in NO_NEGATIVE_PROMPT and negative_prompt:
         raise InvalidInput(
-            "`negative_prompt` has no effect on Flux.1 (guidance-distilled); leave it out",
+            f"`negative_prompt` has no effect on {NO_NEGATIVE_PROMPT[family]}; leave it out",
+            field="negative_prompt",
+        )
+
+
+def defaults_for(manifest: ModelManifest) -> dict[str, Any]:
+    """The checkpoint's default size, steps and guidance: its family's (`DEFAULTS`), but base
+    (undistilled) FLUX.2 klein's are 50 steps at guidance 4."""
+    if manifest.family == "flux2_klein" and manifest.distilled is False:
+        return DEFAULTS["flux2_klein"] | {"steps": 50, "guidance": 4.0}
+    assert manifest.family in FAMILIES
+    return DEFAULTS[manifest.family]
+
+
+def fill_guidance(store: ModelStore, manifest: ModelManifest, request: Any) -> None:
+    """A family's guidance semantics, checked at submit, and a speed LoRA's defaults filled in
+    (`steps`, `guidance`), so the job records what it runs with.
+
+    - distilled FLUX.2 klein has no CFG: `guidance` is refused;
+    - Z-Image runs CFG only at guidance > 0 (Turbo's default is 0), Qwen-Image's true CFG only
+      above 1: a negative prompt that would have no effect is refused;
+    - a speed LoRA (its manifest's ``speed_steps``; at most one) sets the default steps to its
+      own and the guidance to none (1, or 0 for Z-Image).
+
+    Raises:
+        InvalidInput: naming ``guidance``, ``negative_prompt`` or ``loras.N.name``.
+    """
+    family = manifest.family
+    speed = [
+        (n, found)
+        for n, lora in enumerate(request.loras)
+        if (found := store.get(lora.name, "lora", field=f"loras.{n}.name")).speed_steps
+    ]
+    if len(speed) > 1:
+        raise InvalidInput(
+            f"one speed LoRA at a time: {speed[0][1].id!r} and {speed[1][1].id!r} both set the "
+            "steps",
+            field=f"loras.{speed[1][0]}.name",
+        )
+    if speed:
+        if request.steps is None:
+            request.steps = speed[0][1].speed_steps
+        if request.guidance is None and not (family == "flux2_klein" and manifest.distilled):
+            request.guidance = 0.0 if family == "z_image" else 1.0
+    if family == "flux2_klein" and manifest.distilled and request.guidance is not None:
+        raise InvalidInput(
+            f"`guidance` has no effect on {manifest.id!r}: distilled FLUX.2 klein runs without "
+            "CFG; leave it out",
+            field="guidance",
+        )
+    guidance = (
+        request.guidance if request.guidance is not None else defaults_for(manifest)["guidance"]
+    )
+    no_cfg_at = {"z_image": 0.0, "qwen_image": 1.0, "qwen_image_edit": 1.0}
+    no_cfg_at["qwen_image_edit_plus"] = 1.0
+    if request.negative_prompt and family in no_cfg_at and guidance <= no_cfg_at[family]:
+        raise InvalidInput(
+            f"`negative_prompt` has no effect on {family} at guidance {guidance:g} (CFG runs "
+            f"above {no_cfg_at[family]:g}); raise `guidance` or leave the negative prompt out",
             field="negative_prompt",
         )
 
@@ -183,17 +276,48 @@ def check_controlnet(store: ModelStore, manifest: ModelManifest, model_id: str) 
 
 
 def lora_uses(store: ModelStore, loras: Sequence[LoraRef]) -> list[Any]:
-    """The pipelines' view of a request's LoRAs (file, adapter name, weight)."""
+    """The pipelines' view of a request's LoRAs (file, adapter name, weight, speed LoRA)."""
     from assetbox.pipelines.diffusion import LoraUse
 
-    return [
-        LoraUse(
-            store.path(lora.name, "lora") / WEIGHTS_FILE,
-            _adapter_name(store.get(lora.name, "lora", field=f"loras.{n}.name")),
-            lora.weight,
+    uses = []
+    for n, lora in enumerate(loras):
+        found = store.get(lora.name, "lora", field=f"loras.{n}.name")
+        path = store.path(lora.name, "lora") / WEIGHTS_FILE
+        uses.append(LoraUse(path, _adapter_name(found), lora.weight, speed=bool(found.speed_steps)))
+    return uses
+
+
+def check_references(references: Sequence[ReferenceImage], family: str, data_dir: Path) -> None:
+    """References only for FLUX.2 (naming ``references``); each a stored image that decodes
+    completely, at least 64 px a side, at most 8:1 (naming ``references.N.image``)."""
+    if references and family not in FLUX2_FAMILIES:
+        raise InvalidInput(
+            f"`references` are for FLUX.2 ({', '.join(FLUX2_FAMILIES)}), not {family}",
+            field="references",
         )
-        for n, lora in enumerate(loras)
-    ]
+    for n, reference in enumerate(references):
+        field = f"references.{n}.image"
+        data = blob_path(data_dir, reference.image, field=field).read_bytes()
+        _, width, height = verify_image(data, field=field)
+        check_reference_size(width, height, field)
+
+
+def reference_images(
+    references: Sequence[ReferenceImage], ctx: UnitContext
+) -> list[tuple[np.ndarray, float]]:
+    """The references decoded (8 bits) with their weights; kept in the worker's cache while
+    units of the same references follow (the prompts of one job)."""
+    wanted = {f"diffusion-reference:{reference.image}" for reference in references}
+    for old in [k for k in ctx.cache if k.startswith("diffusion-reference:") and k not in wanted]:
+        del ctx.cache[old]
+    out = []
+    for n, reference in enumerate(references):
+        key = f"diffusion-reference:{reference.image}"
+        if key not in ctx.cache:
+            data = blob_path(ctx.data_dir, reference.image).read_bytes()
+            ctx.cache[key] = to_uint8(decode_image(data, field=f"references.{n}.image").rgb)
+        out.append((ctx.cache[key], reference.weight))
+    return out
 
 
 def checkpoint_key(manifest: ModelManifest) -> str:
@@ -285,6 +409,7 @@ class DiffusionPlanner:
         check_family_options(
             store, manifest, request.sampler, request.loras, request.negative_prompt
         )
+        fill_guidance(store, manifest, request)
         images = len(request.prompts) * request.num_images_per_prompt
         if request.seed is not None and request.seed + images - 1 > MAX_SEED:
             raise InvalidInput(
@@ -296,12 +421,22 @@ class DiffusionPlanner:
             check_ip_adapter(
                 store, manifest, request.ip_adapter, data_dir, has_input_image=has_image
             )
+        check_references(request.references, family, data_dir)
         self._check_inputs(request, store, manifest, data_dir)
 
     def _check_inputs(
         self, request: GenerateOptions, store: ModelStore, manifest: ModelManifest, data_dir: Path
     ) -> None:
-        """A kind's own submit-time checks (its input images, ControlNet)."""
+        """A kind's own submit-time checks (its input images, ControlNet); text to image here:
+        the instruction-edit checkpoints take none."""
+        from assetbox.pipelines.diffusion import INSTRUCTION_EDIT_IMAGES
+
+        if manifest.family in INSTRUCTION_EDIT_IMAGES:
+            raise InvalidInput(
+                f"{manifest.id!r} is {manifest.family}, which edits images by instruction: "
+                "use POST /v1/edit with `instruction` and `images`",
+                field="model",
+            )
 
     def _inputs(
         self, request: GenerateOptions, params: Any, ctx: UnitContext
@@ -344,7 +479,7 @@ class DiffusionPlanner:
         manifest = _checkpoint(request, ctx.data_dir)
         family = manifest.family
         assert family in FAMILIES
-        defaults = DEFAULTS[family]
+        defaults = defaults_for(manifest)
         params = RunParams(
             prompt=request.prompts[payload["prompt"]],
             negative_prompt=request.negative_prompt,
@@ -356,6 +491,7 @@ class DiffusionPlanner:
             sampler=request.sampler or DEFAULT_SAMPLER[family],
             loras=lora_uses(store, request.loras),
         )
+        params.references = reference_images(request.references, ctx)
         net_ref = self._inputs(request, params, ctx)
         key = checkpoint_key(manifest)
         peak = PeakMemory(device_and_dtype(family)[0])  # the unit's, model loading included
@@ -369,7 +505,11 @@ class DiffusionPlanner:
                 ref = request.ip_adapter.image or getattr(request, "image")  # noqa: B009
                 image = self._image(ref, ctx, "ip_adapter.image")
                 params.ip_adapter = IPAdapterUse(adapter, image, request.ip_adapter.scale)
-            if net_ref is None:
+            if family in FLUX2_FAMILIES:
+                images = run_flux2(
+                    model, params, should_stop=ctx.should_stop, report_step=ctx.report_step
+                )
+            elif net_ref is None:
                 images = run(
                     model, params, should_stop=ctx.should_stop, report_step=ctx.report_step
                 )
