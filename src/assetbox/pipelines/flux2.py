@@ -75,6 +75,11 @@ def check_reference_size(width: int, height: int, field: str) -> None:
         )
 
 
+def forget_reference_latents(model: DiffusionModel) -> None:
+    """Drop the cached reference latents of `model`'s VAE (the next run encodes anew)."""
+    _latents.pop(model.pipe.vae, None)
+
+
 def run_flux2(
     model: DiffusionModel,
     params: RunParams,
@@ -181,7 +186,10 @@ def _reference_weights(transformer: Any, weights: Sequence[float]) -> Iterator[N
                 f"{int(which.max())} references in the transformer's input, {len(weights)} weighted"
             )
         bias = torch.cat([logs.new_zeros(text_tokens), logs[which.cpu()]])
-        mask = bias.to(device=image_ids.device, dtype=module.dtype).view(1, 1, 1, -1)
+        # In the attention's dtype (the backends take a float mask of the query's dtype);
+        # (1, 1, 1, keys) broadcasts over batch, heads and queries.
+        dtype = kwargs["hidden_states"].dtype
+        mask = bias.to(device=image_ids.device, dtype=dtype).view(1, 1, 1, -1)
         attention = dict(kwargs.get("joint_attention_kwargs") or {})
         attention["attention_mask"] = mask
         return args, kwargs | {"joint_attention_kwargs": attention}
