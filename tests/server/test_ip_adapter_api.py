@@ -92,6 +92,7 @@ def test_ip_adapter_refusals_name_the_field(client: TestClient) -> None:
     for change, status, field in cases:
         body = GENERATE | {"ip_adapter": adapter | change}
         assert refused(client, "/v1/generate", body, status) == field, change
+    assert refused(client, "/v1/generate", GENERATE | {"backend": "nunchaku"}) == "backend"
 
 
 def test_tiled_upscale_with_an_ip_adapter(client: TestClient) -> None:
@@ -121,3 +122,35 @@ def test_tiled_upscale_with_an_ip_adapter(client: TestClient) -> None:
         refused(client, "/v1/upscale", body | {"ip_adapter": zero | {"model": "ip-adapter-sd15"}})
         == "ip_adapter.model"
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from assetbox.testing.tiny_flow import build_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-qwen") / "tiny-qwen_image"
+    build_pipeline("qwen_image").save_pretrained(folder)
+    return folder
+
+
+def test_backend_nunchaku_is_refused_here_and_auto_runs(
+    tiny_qwen_image: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    import_model(ModelStore(data_dir / "models"), tiny_qwen_image)
+    settings = Settings(data_dir=data_dir, reuse_results=False, workers=1)
+    body = GENERATE | {"model": "tiny-qwen_image"}
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/generate", json=body | {"backend": "nunchaku"})
+        assert response.status_code == 422
+        error = response.json()
+        assert error["field"] == "backend" and "CUDA" in error["message"]  # no GPU here
+        assert refused(client, "/v1/generate", body | {"rank": 32}) == "rank"
+        assert refused(client, "/v1/generate", body | {"backend": "diffusers", "rank": 128}) == (
+            "rank"
+        )
+        job = client.post("/v1/generate", json=body | {"backend": "auto"}, headers=WAIT).json()
+        assert job["status"] == "succeeded", job
+        output = job["outputs"][0]
+        assert (output["width"], output["height"]) == (64, 64)
+        assert output["timings_ms"]["peak_rss_mb"] > 50

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -134,6 +134,16 @@ class GenerateOptions(BaseModel):
     )
     ip_adapter: IPAdapterRef | None = Field(
         default=None, description="an image as a prompt (SD 1.5, SDXL): {model, image, scale}"
+    )
+    backend: Literal["auto", "nunchaku", "diffusers"] = Field(
+        default="auto",
+        description="nunchaku: SVDQuant 4-bit Qwen-Image(-Edit) on a supported CUDA GPU (refused "
+        "with the reason where it cannot run); auto: nunchaku where it can run, else diffusers",
+    )
+    rank: Literal[32, 128] | None = Field(
+        default=None,
+        description="nunchaku only: the SVD rank of its weights (32 faster, 128 closer to bf16); "
+        "default: 128 where the checkpoint has both",
     )
     format: ImageFormat = "png"
 
@@ -320,13 +330,31 @@ def reference_images(
     return out
 
 
-def checkpoint_key(manifest: ModelManifest) -> str:
-    return f"checkpoint:{manifest.id}:{manifest.sha256[:12]}"
+def resolve_backend(request: GenerateOptions, manifest: ModelManifest, store: ModelStore) -> str:
+    """The backend the request runs on, "nunchaku" or "diffusers" (pipelines/nunchaku.py).
+
+    Raises:
+        InvalidInput: `backend` "nunchaku" where it cannot run, with the reason (naming
+            ``backend``); a `rank` for a request that runs on diffusers (naming ``rank``).
+    """
+    from assetbox.pipelines.nunchaku import resolve
+
+    folder = store.path(manifest.id, "checkpoint") / DIFFUSERS_DIR
+    return resolve(str(manifest.family), request.backend, request.rank, folder)
 
 
-def checkpoint_lease(manifest: ModelManifest, ctx: UnitContext) -> AbstractContextManager[Any]:
+def checkpoint_key(manifest: ModelManifest, rank: int | None = None) -> str:
+    """The cache key of a loaded checkpoint; with `rank`, of its Nunchaku build."""
+    nunchaku = "" if rank is None else f":nunchaku-r{rank}"
+    return f"checkpoint:{manifest.id}:{manifest.sha256[:12]}{nunchaku}"
+
+
+def checkpoint_lease(
+    manifest: ModelManifest, ctx: UnitContext, *, nunchaku: bool = False, rank: int | None = None
+) -> AbstractContextManager[Any]:
     """The checkpoint from the worker's model cache (loaded on first use), held exclusively:
-    schedulers and LoRA adapters are state, so one run at a time."""
+    schedulers and LoRA adapters are state, so one run at a time. With `nunchaku`, its
+    transformer is Nunchaku's of `rank` (see pipelines/nunchaku.py)."""
     from assetbox.config import get_settings
     from assetbox.pipelines.diffusion import load_checkpoint
 
@@ -336,6 +364,15 @@ def checkpoint_lease(manifest: ModelManifest, ctx: UnitContext) -> AbstractConte
     quantization = get_settings().quantization
 
     def load():
+        if nunchaku:
+            from assetbox.pipelines.nunchaku import load_transformer
+
+            return load_checkpoint(
+                family,
+                folder=folder / DIFFUSERS_DIR,
+                budget_bytes=ctx.models.budget_bytes,
+                transformer=load_transformer(folder / DIFFUSERS_DIR, rank),
+            )
         if manifest.layout == "diffusers":
             return load_checkpoint(
                 family,
@@ -351,9 +388,8 @@ def checkpoint_lease(manifest: ModelManifest, ctx: UnitContext) -> AbstractConte
             quantization=quantization,
         )
 
-    return ctx.models.lease(
-        checkpoint_key(manifest), load, estimate=files_bytes(folder), exclusive=True
-    )
+    key = checkpoint_key(manifest, rank if nunchaku else None)
+    return ctx.models.lease(key, load, estimate=files_bytes(folder), exclusive=True)
 
 
 def controlnet_lease(model_id: str, family: str, ctx: UnitContext) -> AbstractContextManager[Any]:
@@ -422,6 +458,7 @@ class DiffusionPlanner:
                 store, manifest, request.ip_adapter, data_dir, has_input_image=has_image
             )
         check_references(request.references, family, data_dir)
+        resolve_backend(request, manifest, store)
         self._check_inputs(request, store, manifest, data_dir)
 
     def _check_inputs(
@@ -493,11 +530,12 @@ class DiffusionPlanner:
         )
         params.references = reference_images(request.references, ctx)
         net_ref = self._inputs(request, params, ctx)
-        key = checkpoint_key(manifest)
+        nunchaku = resolve_backend(request, manifest, store) == "nunchaku"
+        key = checkpoint_key(manifest, request.rank if nunchaku else None)
         peak = PeakMemory(device_and_dtype(family)[0])  # the unit's, model loading included
         with (
             peak,
-            checkpoint_lease(manifest, ctx) as model,
+            checkpoint_lease(manifest, ctx, nunchaku=nunchaku, rank=request.rank) as model,
             ip_adapter_lease(request.ip_adapter, family, ctx) as adapter,
         ):
             if adapter is not None:

@@ -178,6 +178,8 @@ class DiffusionModel:
     pipe: Any
     device: str
     offloaded: bool = False
+    # Where its weights live: cpu, gpu, model_offload, group_offload, sequential_offload.
+    placement: str = "cpu"
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     # LoRA adapters loaded into the modules, least recently used first.
     adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -213,16 +215,21 @@ def load_checkpoint(
     config: Path | None = None,
     budget_bytes: int | None = None,
     quantization: Quantization = "none",
+    transformer: Any = None,
 ) -> DiffusionModel:
-    """Load a diffusers folder, or a single file with its config folder, offline.
+    """Load a diffusers folder, or a single file with its config folder, offline; with
+    `transformer`, that module instead of the folder's (Nunchaku's, pipelines/nunchaku.py).
 
-    With CUDA, a model larger than `budget_bytes` runs with ``enable_model_cpu_offload``.
+    With CUDA, where it runs follows `budget_bytes` (pipelines/memory.py): all on the GPU when
+    it fits, model CPU offload when its largest component fits, group offload below that.
 
     Raises:
         ModelError: the weights do not load.
         InvalidInput: a quantization the device or packages cannot do.
     """
     import diffusers
+
+    from assetbox.pipelines.memory import place
 
     device, dtype = device_and_dtype(family)
     check_quantization(quantization, device)
@@ -232,6 +239,8 @@ def load_checkpoint(
             extra = {}
             if family in INSTRUCTION_EDIT_IMAGES:
                 extra["processor"] = _image_only_processor(folder / "processor")
+            if transformer is not None:
+                extra["transformer"] = transformer
             pipe = cls.from_pretrained(
                 str(folder), torch_dtype=dtype, local_files_only=True, **extra
             )
@@ -246,12 +255,8 @@ def load_checkpoint(
     if quantization != "none":
         _quantize(pipe.transformer if family in FLOW_FAMILIES else pipe.unet, quantization)
     model = DiffusionModel(family, pipe, device, scheduler_config=dict(pipe.scheduler.config))
-    if device == "cuda":
-        if budget_bytes is not None and model.nbytes > budget_bytes:
-            pipe.enable_model_cpu_offload()
-            model.offloaded = True
-        else:
-            pipe.to(device)
+    model.placement = place(pipe, device, budget_bytes)
+    model.offloaded = model.placement not in ("cpu", "gpu")
     return model
 
 
