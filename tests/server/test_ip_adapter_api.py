@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,17 @@ def test_generate_and_edit_with_an_ip_adapter(client: TestClient) -> None:
     default = png(client, edit | {"ip_adapter": {"model": "ip-adapter-sd15"}}, "/v1/edit")
     assert default != edited
     assert png(client, edit, "/v1/edit") == edited
+    # As multipart, the adapter's image is a file part; the same request as JSON, the same bytes.
+    styled = png(client, edit | {"ip_adapter": adapter}, "/v1/edit")
+    form = {k: str(v) for k, v in edit.items() if k not in ("image", "prompts")}
+    form |= {"prompts": "a cat", "ip_adapter": json.dumps({"model": "ip-adapter-sd15"})}
+    files = {
+        "image": ("in.png", plain, "image/png"),
+        "ip_adapter_image": ("style.png", base64.b64decode(STYLE), "image/png"),
+    }
+    job = client.post("/v1/edit", data=form, files=files, headers=WAIT).json()
+    assert job["status"] == "succeeded", job
+    assert client.get(job["outputs"][0]["url"]).content == styled
 
 
 def test_ip_adapter_refusals_name_the_field(client: TestClient) -> None:
