@@ -102,10 +102,20 @@ class GenerateCreate(JobCreate, GenerateOptions):
 
 
 class EditCreate(JobCreate, EditOptions):
-    """``POST /v1/edit``: img2img, optionally with a ControlNet (whose image, base64 or an
-    http(s) URL, defaults to the input image)."""
+    """``POST /v1/edit``: img2img (`image`, `strength`), optionally with a ControlNet (whose
+    image, base64 or an http(s) URL, defaults to the input image); or instruction edit
+    (`instruction`, `images`) with Qwen-Image-Edit(-Plus) and FLUX.2."""
 
-    image: str = Field(description="base64 of a PNG, JPEG or WebP, or an http(s) URL of one")
+    image: str | None = Field(
+        default=None,
+        description="img2img: base64 of a PNG, JPEG or WebP, or an http(s) URL of one",
+    )
+    images: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="instruction edit: the input images, each base64 or an http(s) URL: 1 for "
+        "qwen_image_edit, 1-3 for qwen_image_edit_plus, 1-16 for FLUX.2 (references of weight 1)",
+    )
 
     def options(self) -> dict:
         return self.model_dump(exclude={"image", *DELIVERY_FIELDS}, exclude_none=True)

@@ -4,7 +4,7 @@ The architectures are the real ones (same classes, key names and component layou
 folders: ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``processor/`` for the
 edit pipelines, ``scheduler/``) at widths of 16, following the configs proven in research
 (shared RESEARCH.md, "Model families"); `assetbox.testing.tiny_models.write` saves them. The
-tokenizer is `tiny_models.qwen_tokenizer` (byte-level, Qwen's special tokens), so no hub is
+tokenizer is `tiny_qwen.qwen_tokenizer` (byte-level, Qwen's special tokens), so no hub is
 needed. Z-Image's tokenizer carries a Qwen3-style chat template (its pipeline renders prompts
 with ``enable_thinking``).
 
@@ -39,7 +39,7 @@ def _qwen2_5_vl_text_encoder():
     run its vision tower on the input images)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from assetbox.testing.tiny_models import CAPTIONER_VOCAB, qwen_tokenizer
+    from assetbox.testing.tiny_qwen import CAPTIONER_VOCAB, qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
@@ -91,7 +91,7 @@ def _qwen_processor(tokenizer):
     from transformers import Qwen2VLImageProcessorPil
 
     from assetbox.pipelines.caption import _image_only
-    from assetbox.testing.tiny_models import QWEN2_5_VL_CHAT_TEMPLATE
+    from assetbox.testing.tiny_qwen import QWEN2_5_VL_CHAT_TEMPLATE
 
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
@@ -168,7 +168,7 @@ def _z_image():
     )
     from transformers import Qwen3Config, Qwen3Model
 
-    from assetbox.testing.tiny_models import CAPTIONER_VOCAB, qwen_tokenizer
+    from assetbox.testing.tiny_qwen import CAPTIONER_VOCAB, qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE

@@ -54,7 +54,7 @@ def _vae():
     )
 
 
-def _transformer():
+def _transformer(guidance_embeds: bool = False):
     from diffusers import Flux2Transformer2DModel
 
     return Flux2Transformer2DModel(
@@ -67,7 +67,7 @@ def _transformer():
         joint_attention_dim=3 * TEXT_HIDDEN,  # three stacked text-encoder layers
         timestep_guidance_channels=32,
         axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=False,  # klein takes no guidance embedding
+        guidance_embeds=guidance_embeds,  # klein: none; dev: guidance-distilled
     )
 
 
@@ -86,7 +86,7 @@ def _scheduler():
 
 
 def _tokenizer():
-    from assetbox.testing.tiny_models import qwen_tokenizer
+    from assetbox.testing.tiny_qwen import qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
@@ -100,7 +100,7 @@ def build_flux2_klein(distilled: bool = True):
     from diffusers import Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from assetbox.testing.tiny_models import CAPTIONER_VOCAB
+    from assetbox.testing.tiny_qwen import CAPTIONER_VOCAB
 
     tokenizer = _tokenizer()
     torch.manual_seed(0)
@@ -155,3 +155,71 @@ def flux2_lora_state_dict(pipe, name: str) -> dict[str, Any]:
             state[f"transformer.{module_name}.lora_A.weight"] = down.contiguous()
             state[f"transformer.{module_name}.lora_B.weight"] = up.contiguous()
     return state
+
+
+# Mistral's chat template reduced to what `Flux2Pipeline` renders: a system turn and a user turn,
+# each a list of text parts (the Qwen special tokens stand in for Mistral's).
+MISTRAL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}<|im_end|>\n"
+    "{% endfor %}"
+)
+
+
+def build_flux2():
+    """A tiny random `Flux2Pipeline` (FLUX.2 [dev]: guidance-embedded, a Mistral 3 text encoder).
+
+    Its tokenizer is the byte-level Qwen tokenizer with a Mistral-style chat template, not a
+    `PixtralProcessor` as the real model's: transformers refuses to build one without
+    torchvision. The pipeline only renders text chat templates with it."""
+    import torch
+    from diffusers import Flux2Pipeline
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralVisionConfig,
+    )
+
+    from assetbox.testing.tiny_models import CAPTIONER_VOCAB
+
+    tokenizer = _tokenizer()
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    text_encoder = Mistral3ForConditionalGeneration(
+        Mistral3Config(
+            text_config=MistralConfig(
+                vocab_size=CAPTIONER_VOCAB,
+                hidden_size=TEXT_HIDDEN,
+                intermediate_size=32,
+                num_hidden_layers=30,  # the pipeline stacks hidden states 10, 20, 30
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                head_dim=8,
+                max_position_embeddings=1024,
+                pad_token_id=tokenizer.pad_token_id,
+            ),
+            vision_config=PixtralVisionConfig(
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=64,
+                patch_size=16,
+            ),
+            image_token_index=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        )
+    )
+    transformer = _transformer(guidance_embeds=True)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            if parameter.ndim == 2:
+                parameter.normal_(0, 0.3)
+    return Flux2Pipeline(
+        scheduler=_scheduler(),
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )

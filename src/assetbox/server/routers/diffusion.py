@@ -68,9 +68,12 @@ async def create_edit(
     prefer: Annotated[str | None, Header()] = None,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    """Queue an img2img job (with `strength`; optionally a ControlNet whose image defaults to
-    the input image; an IP-Adapter, whose image defaults to the input image too). Without
-    `width`/`height` it runs at the input image's size. As multipart, `image`,
+    """Queue an edit job: img2img (`image`, `strength`; optionally a ControlNet whose image
+    defaults to the input image; an IP-Adapter, whose image defaults to the input image too),
+    or instruction edit (`instruction` and `images`, base64 or http(s) URLs: 1 for
+    Qwen-Image-Edit, up to 3 for -Plus, up to 16 references for FLUX.2). Without
+    `width`/`height` img2img runs at the input image's size, instruction edit at the last
+    image's aspect ratio and `condition_pixels` (1 MP). As multipart, `image`,
     `controlnet.image` (or `controlnet_image`) and `ip_adapter.image` (or `ip_adapter_image`)
     are file parts, `prompts`, `loras`, `controlnet` and `ip_adapter` JSON text (`prompts` also
     repeated parts)."""
@@ -79,6 +82,8 @@ async def create_edit(
     else:
         body, uploads = parse_json(EditCreate, await request.body()), {}
     images = await image_inputs(request, body, uploads, tuple(EDIT_FILES))
+    for n, value in enumerate(body.images):
+        images[f"images.{n}"] = await image_bytes(request, value, f"images.{n}")
     images |= await reference_inputs(request, body)
     # The blobs take the images' places (options carry the base64, URL or placeholder till then).
     return await submit_job(engine, "edit", body, body.options(), images, prefer, idempotency_key)
