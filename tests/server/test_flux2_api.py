@@ -18,12 +18,15 @@ ENTRIES = ["tiny-flux2_klein", "klein-a.safetensors", "tiny-sd15"]
 
 @pytest.fixture(scope="session")
 def tiny_klein(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny distilled klein (`tiny-flux2_klein/`), its LoRA `klein-a`, and a tiny SD 1.5
-    folder (a family that takes no references), written once per session."""
+    """A tiny distilled klein (`tiny-flux2_klein/`), its LoRA `klein-a`, a tiny FLUX.2 [dev]
+    (`tiny-flux2/`), and a tiny SD 1.5 folder (a family that takes no references), written once
+    per session."""
+    from assetbox.testing.tiny_flux2 import build_flux2
     from assetbox.testing.tiny_models import build_pipeline, write
 
     out = tmp_path_factory.mktemp("tiny-klein")
     write("flux2_klein", out, loras=("klein-a",))
+    build_flux2().save_pretrained(out / "tiny-flux2")
     build_pipeline("sd15").save_pretrained(out / "tiny-sd15")
     return out
 
@@ -58,13 +61,27 @@ def test_generate_with_references_and_a_lora(tiny_klein: Path, tmp_path: Path) -
         for data in first:
             assert Image.open(io.BytesIO(data)).size == (80, 64)
         assert generate(references=references) == first  # same seed: the same bytes
-        plain = generate()
+        one = {"prompts": BODY["prompts"][:1]}  # the first prompt alone: the same seed, 7
+        plain = generate(**one)
         assert plain[0] != first[0]  # the references count
-        reweighted = generate(references=[references[0], references[1] | {"weight": 2.0}])
-        assert reweighted[0] not in (first[0], plain[0])
-        with_lora = generate(loras=[{"name": "klein-a", "weight": 1.0}])
+        reweighted = [references[0], references[1] | {"weight": 2.0}]
+        assert generate(**one, references=reweighted)[0] not in (first[0], plain[0])
+        with_lora = generate(**one, loras=[{"name": "klein-a", "weight": 1.0}])
         assert with_lora[0] != plain[0]
-        assert generate() == plain  # the LoRA left nothing active
+        assert generate(**one) == plain  # the LoRA left nothing active
+
+
+def test_flux2_dev_generates_with_references(tiny_klein: Path, tmp_path: Path) -> None:
+    # Its tiny tokenizer stands in for the PixtralProcessor (which needs torchvision).
+    references = [{"image": b64_png(4), "weight": 0.5}, {"image": b64_png(5, (64, 96))}]
+    with make_client(tiny_klein, tmp_path / "data", ["tiny-flux2"]) as client:
+        body = BODY | {"model": "tiny-flux2", "prompts": ["a"], "references": references}
+        first = png_of(client, client.post("/v1/generate", json=body, headers=WAIT).json())
+        assert Image.open(io.BytesIO(first)).size == (80, 64)
+        again = client.post("/v1/generate", json=body, headers=WAIT).json()
+        assert png_of(client, again) == first
+        del body["references"]
+        assert png_of(client, client.post("/v1/generate", json=body, headers=WAIT).json()) != first
 
 
 def test_sixteen_references_are_accepted(tiny_klein: Path, tmp_path: Path) -> None:
