@@ -5,7 +5,7 @@ with CFG) whose components are the real classes at tiny widths: `Flux2Transforme
 double-stream and one single-stream block), `AutoencoderKLFlux2` (four levels: the real 8x
 downsampling, so sizes and 2x2 latent packing behave as in production), a `Qwen3ForCausalLM` text
 encoder deep enough for the pipeline's default ``text_encoder_out_layers`` (9, 18, 27), and the
-byte-level Qwen tokenizer of `tiny_models.qwen_tokenizer` with a Qwen3-style chat template (the
+byte-level Qwen tokenizer of `tiny_qwen.qwen_tokenizer` with a Qwen3-style chat template (the
 pipeline calls ``apply_chat_template(..., enable_thinking=False)``). ``save_pretrained`` writes it
 as the hub folders are: model_index.json (with ``is_distilled``), transformer/, vae/,
 text_encoder/, tokenizer/, scheduler/.
@@ -13,7 +13,12 @@ text_encoder/, tokenizer/, scheduler/.
 `flux2_lora_state_dict` gives a random LoRA for its transformer in the diffusers/peft layout.
 
 `build_flux2` gives a `Flux2Pipeline` (FLUX.2 [dev]) with a tiny
-`Mistral3ForConditionalGeneration`; its `PixtralProcessor` needs a Pixtral image processor.
+`Mistral3ForConditionalGeneration` (30 layers: the pipeline stacks hidden states 10, 20, 30) and
+a guidance-embedding transformer. The real model's tokenizer folder is a `PixtralProcessor`,
+which transformers refuses to build without torchvision ("PixtralProcessor requires the
+Torchvision library but it was not found in your environment"); the tiny one saves the same
+byte-level tokenizer with a Mistral-style chat template instead (the pipeline renders only text
+chat turns with it). A real FLUX.2 [dev] folder therefore loads only where torchvision is.
 
 Weights are random with fixed seeds: the same every time.
 """
@@ -181,7 +186,7 @@ def build_flux2():
         PixtralVisionConfig,
     )
 
-    from assetbox.testing.tiny_models import CAPTIONER_VOCAB
+    from assetbox.testing.tiny_qwen import CAPTIONER_VOCAB
 
     tokenizer = _tokenizer()
     tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
