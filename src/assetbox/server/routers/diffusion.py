@@ -49,7 +49,8 @@ async def create_generate(
 ) -> JSONResponse:
     """Queue a text-to-image job (`prompts` x `num_images_per_prompt` images, seeds
     ``seed, seed+1, ...``); ``Prefer: wait=N`` waits up to N seconds. An IP-Adapter's image
-    (`ip_adapter.image`) is base64 or an http(s) URL."""
+    (`ip_adapter.image`) and FLUX.2's `references` (up to 16 `{image, weight}`, shared by all
+    prompts) are base64 or http(s) URLs."""
     body = parse_json(GenerateCreate, await request.body())
     images = await image_inputs(request, body, {}, GENERATE_IMAGES)
     images |= await reference_inputs(request, body)
