@@ -132,6 +132,9 @@ def test_instruction_edit_honours_the_size_and_a_lora_leaves_nothing(
         before = edit()
         assert edit() == before
         assert edit(seed=6) != before
+        # Qwen's true CFG acts only with a negative prompt (and above 1).
+        assert edit(true_cfg_scale=7.0) == before
+        assert edit(true_cfg_scale=4.0, negative_prompt="blurry") != before
         assert edit(loras=[{"name": QWEN_LORA}]) != before
         assert edit() == before
         # Without a size: the last input's aspect ratio at `condition_pixels`.
@@ -141,6 +144,21 @@ def test_instruction_edit_honours_the_size_and_a_lora_leaves_nothing(
         out_w, out_h = size_of(png_of(client, job))
         assert out_w % 16 == 0 and out_h % 16 == 0
         assert abs(out_w / out_h - w / h) < 0.25 and abs(out_w * out_h - 64 * 64) < 64 * 64 / 2
+
+
+def test_flux2_instruction_edit_takes_its_images_as_references(
+    flow_models: Path, tmp_path: Path
+) -> None:
+    with make_client(flow_models, tmp_path / "data", ["tiny-flux2_klein"]) as client:
+        body = {"model": "tiny-flux2_klein", "instruction": "make it red", **SMALL}
+        body["images"] = [b64_photo(64, 64, 1), b64_photo(96, 64, 2)]
+        first = png_of(client, client.post("/v1/edit", json=body, headers=WAIT).json())
+        assert size_of(first) == (80, 64)
+        assert png_of(client, client.post("/v1/edit", json=body, headers=WAIT).json()) == first
+        plain = {k: v for k, v in body.items() if k not in ("images", "instruction")}
+        plain["prompts"] = ["make it red"]
+        generated = client.post("/v1/generate", json=plain, headers=WAIT).json()
+        assert png_of(client, generated) != first  # the images took part
 
 
 EDIT = {"instruction": "red", "steps": 2}
