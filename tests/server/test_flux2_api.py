@@ -84,6 +84,28 @@ def test_flux2_dev_generates_with_references(tiny_klein: Path, tmp_path: Path) -
         assert png_of(client, client.post("/v1/generate", json=body, headers=WAIT).json()) != first
 
 
+def test_the_prompts_of_a_job_share_the_reference_encodes(
+    tiny_klein: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusers import AutoencoderKLFlux2
+
+    encode = AutoencoderKLFlux2.encode
+    calls = []
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKLFlux2, "encode", counting)
+    references = [{"image": b64_png(6)}, {"image": b64_png(7), "weight": 0.5}]
+    # In-process worker threads, so the count sees the worker's encodes.
+    with make_client(tiny_klein, tmp_path / "data", ENTRIES, executor="thread") as client:
+        body = BODY | {"prompts": ["a", "b", "c", "d"], "steps": 1, "references": references}
+        job = client.post("/v1/generate", json=body, headers=WAIT).json()
+        assert len({png_of(client, job, n) for n in range(4)}) == 4
+    assert len(calls) == 2  # one per reference, not one per prompt (unit) and reference
+
+
 def test_sixteen_references_are_accepted(tiny_klein: Path, tmp_path: Path) -> None:
     references = [{"image": b64_png(100 + n)} for n in range(16)]
     with make_client(tiny_klein, tmp_path / "data", ENTRIES) as client:
