@@ -25,7 +25,7 @@ QWEN_LORA = "qwen_image-style"
 
 @pytest.fixture(scope="module")
 def flow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny flow-family checkpoints, a LoRA each (Qwen-Image's serves the edit models too)
+    """The tiny flow-family checkpoints (FLUX.2 klein distilled, and [dev]), a LoRA each (Qwen-Image's serves the edit models too)
     and a 4-step Qwen-Image speed LoRA, written once for this module."""
     from assetbox.testing.tiny_models import write
 
@@ -35,6 +35,7 @@ def flow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write(family, out)
     write("z_image", out, loras=("z_image-style",))
     write("flux2_klein", out, loras=("flux2_klein-style",))
+    write("flux2", out, loras=("flux2-style",))
     return out
 
 
@@ -70,6 +71,7 @@ def b64_photo(width: int, height: int, seed: int) -> str:
         ("qwen_image", QWEN_LORA, {}),
         ("z_image", "z_image-style", {}),  # guidance defaults to 0 (Turbo)
         ("flux2_klein", "flux2_klein-style", {}),  # distilled: no guidance, no negative prompt
+        ("flux2", "flux2-style", {"guidance": 2.5}),  # embedded guidance
     ],
 )
 def test_generate_same_seed_same_bytes_and_a_lora_leaves_nothing(

@@ -68,6 +68,9 @@ _MODELSPEC = {  # modelspec.architecture prefixes (Stability's model metadata st
     "stable-diffusion-v1": "sd15",
     "stable-diffusion-xl-v1-base": "sdxl",
     "flux-1": "flux1",
+    # FLUX.2 after kohya's FLUX.1 names (flux-1-dev): flux-2-dev, flux-2-klein-4b ...
+    "flux-2-dev": "flux2",
+    "flux-2-klein": "flux2_klein",
 }
 _KOHYA_BASE = {"sd_v1": "sd15", "sdxl_base_v1-0": "sdxl", "sdxl_base_v0-9": "sdxl"}
 CONFIG_METADATA_KEY = "assetbox.diffusers_config"

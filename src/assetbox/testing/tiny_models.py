@@ -22,7 +22,7 @@ following diffusers' own pipeline tests; tokenizers come from small vocabularies
 Writing the single file needs diffusers→original key conversion, which diffusers ships only as
 scripts fixed to the real block counts; the generic version is here.
 
-``--family {flux2_klein,qwen_image,qwen_image_edit,qwen_image_edit_plus,z_image}`` writes
+``--family {flux2_klein,flux2,qwen_image,qwen_image_edit,qwen_image_edit_plus,z_image}`` writes
 ``tiny-<family>/`` (a diffusers folder as the hub's: ``processor/`` for the Qwen edit pipelines,
 ``is_distilled`` in klein's model_index.json) and ``NAME.safetensors`` per ``--lora NAME`` for
 its transformer, without metadata (Z-Image's in the trainers' ``diffusion_model.*``/``lora_down``
@@ -68,7 +68,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FAMILIES = ("sd15", "sdxl", "flux1")
 # The flow-transformer families (testing/tiny_flow.py, testing/tiny_flux2.py): kept apart from
 # FAMILIES, which the test session writes for every run.
-FLOW_FAMILIES = ("flux2_klein", "qwen_image", "qwen_image_edit", "qwen_image_edit_plus", "z_image")
+FLOW_FAMILIES = (
+    "flux2_klein",
+    "flux2",
+    "qwen_image",
+    "qwen_image_edit",
+    "qwen_image_edit_plus",
+    "z_image",
+)
 CAPTIONER_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 TINY_MERGES = 486  # CLIP vocabulary of 256 + 256 + 486 + 2 = 1000 tokens
 LORA_RANK = 4
@@ -236,6 +243,10 @@ def build_pipeline(family: str):
         from assetbox.testing.tiny_flux2 import build_flux2_klein
 
         return build_flux2_klein(distilled=True)
+    if family == "flux2":
+        from assetbox.testing.tiny_flux2 import build_flux2
+
+        return build_flux2()
     if family in FLOW_FAMILIES:
         from assetbox.testing import tiny_flow
 
@@ -736,7 +747,9 @@ def write(family: str, out: Path, *, controlnet: bool = False, loras: tuple[str,
 
 def _write_flow(family: str, out: Path, loras: tuple[str, ...]) -> list[Path]:
     """A flow-transformer family: its diffusers folder and LoRAs without metadata (real ones
-    mostly have none: the store tells their family by their keys)."""
+    mostly have none: the store tells their family by their keys), but for FLUX.2 [dev]'s: the
+    store tells [dev] from klein by the transformer's width, which the tiny ones share, so its
+    LoRAs say ``modelspec.architecture`` flux-2-dev/lora."""
     from safetensors.torch import save_file
 
     pipe = build_pipeline(family)
@@ -745,16 +758,19 @@ def _write_flow(family: str, out: Path, loras: tuple[str, ...]) -> list[Path]:
     pipe.save_pretrained(folder)
     written = [folder]
     for name in loras:
-        if family == "flux2_klein":
+        metadata = None
+        if family in ("flux2_klein", "flux2"):
             from assetbox.testing.tiny_flux2 import flux2_lora_state_dict
 
             state = flux2_lora_state_dict(pipe, name)
+            if family == "flux2":
+                metadata = {"modelspec.architecture": "flux-2-dev/lora"}
         else:
             from assetbox.testing import tiny_flow
 
             state = tiny_flow.lora_state_dict(pipe, family, name)
         path = out / f"{name}.safetensors"
-        save_file(state, str(path))
+        save_file(state, str(path), metadata=metadata)
         written.append(path)
     return written
 
