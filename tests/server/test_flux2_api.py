@@ -74,7 +74,7 @@ def test_generate_with_references_and_a_lora(tiny_klein: Path, tmp_path: Path) -
 def test_flux2_dev_generates_with_references(tiny_klein: Path, tmp_path: Path) -> None:
     # Its tiny tokenizer stands in for the PixtralProcessor (which needs torchvision).
     references = [{"image": b64_png(4), "weight": 0.5}, {"image": b64_png(5, (64, 96))}]
-    with make_client(tiny_klein, tmp_path / "data", ["tiny-flux2"]) as client:
+    with make_client(tiny_klein, tmp_path / "data", ["tiny-flux2"], executor="thread") as client:
         body = BODY | {"model": "tiny-flux2", "prompts": ["a"], "references": references}
         first = png_of(client, client.post("/v1/generate", json=body, headers=WAIT).json())
         assert Image.open(io.BytesIO(first)).size == (80, 64)
@@ -108,7 +108,7 @@ def test_the_prompts_of_a_job_share_the_reference_encodes(
 
 def test_sixteen_references_are_accepted(tiny_klein: Path, tmp_path: Path) -> None:
     references = [{"image": b64_png(100 + n)} for n in range(16)]
-    with make_client(tiny_klein, tmp_path / "data", ENTRIES) as client:
+    with make_client(tiny_klein, tmp_path / "data", ENTRIES, executor="thread") as client:
         body = BODY | {"prompts": ["a"], "width": 64, "references": references}
         job = client.post("/v1/generate", json=body, headers=WAIT).json()
         assert Image.open(io.BytesIO(png_of(client, job))).size == (64, 64)
