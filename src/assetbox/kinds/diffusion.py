@@ -110,19 +110,28 @@ class GenerateOptions(BaseModel):
         ge=64,
         le=MAX_SIZE,
         multiple_of=8,
-        description="output width; a multiple of 8 (16 for flux1); default: the family's "
-        "(512 for sd15, 1024 for sdxl and flux1)",
+        description="output width; a multiple of 8 (16 for the flow families: flux1, flux2, "
+        "flux2_klein, qwen_image*, z_image); default: the family's (512 for sd15, 1328 for "
+        "qwen_image, 1024 for the others)",
     )
     height: int | None = Field(
         default=None,
         ge=64,
         le=MAX_SIZE,
         multiple_of=8,
-        description="output height; a multiple of 8 (16 for flux1); default: the family's "
-        "(512 for sd15, 1024 for sdxl and flux1)",
+        description="output height; a multiple of 8 (16 for the flow families: flux1, flux2, "
+        "flux2_klein, qwen_image*, z_image); default: the family's (512 for sd15, 1328 for "
+        "qwen_image, 1024 for the others)",
     )
     steps: int | None = Field(default=None, ge=1, le=500)
-    guidance: float | None = Field(default=None, ge=0, le=50)
+    guidance: float | None = Field(
+        default=None,
+        ge=0,
+        le=50,
+        description="CFG scale (Qwen-Image: its true CFG, acting only above 1 with a "
+        "`negative_prompt`; FLUX.1/FLUX.2 [dev]: the embedded guidance; Z-Image: CFG above 0, "
+        "default 0 as Turbo; not for distilled FLUX.2 klein); default: the family's",
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     sampler: str | None = Field(default=None, description="euler, euler_a, ddim, dpmpp_2m, ...")
     loras: list[LoraRef] = Field(default_factory=list, max_length=4)
