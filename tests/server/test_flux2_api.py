@@ -19,14 +19,20 @@ ENTRIES = ["tiny-flux2_klein", "klein-a.safetensors", "tiny-sd15"]
 @pytest.fixture(scope="session")
 def tiny_klein(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny distilled klein (`tiny-flux2_klein/`), its LoRA `klein-a`, a tiny FLUX.2 [dev]
-    (`tiny-flux2/`), and a tiny SD 1.5 folder (a family that takes no references), written once
-    per session."""
-    from assetbox.testing.tiny_flux2 import build_flux2
+    (`tiny-flux2/`) and its LoRA `dev-a`, and a tiny SD 1.5 folder (a family that takes no
+    references), written once per session."""
+    from safetensors.torch import save_file
+
+    from assetbox.testing.tiny_flux2 import build_flux2, flux2_lora_state_dict
     from assetbox.testing.tiny_models import build_pipeline, write
 
     out = tmp_path_factory.mktemp("tiny-klein")
     write("flux2_klein", out, loras=("klein-a",))
-    build_flux2().save_pretrained(out / "tiny-flux2")
+    dev = build_flux2()
+    dev.save_pretrained(out / "tiny-flux2")
+    # The tiny [dev]'s widths are klein's: its LoRA says what it is for, as kohya's files do.
+    metadata = {"modelspec.architecture": "flux-2-dev/lora"}
+    save_file(flux2_lora_state_dict(dev, "dev-a"), str(out / "dev-a.safetensors"), metadata)
     build_pipeline("sd15").save_pretrained(out / "tiny-sd15")
     return out
 
@@ -74,14 +80,20 @@ def test_generate_with_references_and_a_lora(tiny_klein: Path, tmp_path: Path) -
 def test_flux2_dev_generates_with_references(tiny_klein: Path, tmp_path: Path) -> None:
     # Its tiny tokenizer stands in for the PixtralProcessor (which needs torchvision).
     references = [{"image": b64_png(4), "weight": 0.5}, {"image": b64_png(5, (64, 96))}]
-    with make_client(tiny_klein, tmp_path / "data", ["tiny-flux2"], executor="thread") as client:
-        body = BODY | {"model": "tiny-flux2", "prompts": ["a"], "references": references}
-        first = png_of(client, client.post("/v1/generate", json=body, headers=WAIT).json())
+    entries = ["tiny-flux2", "dev-a.safetensors"]
+    with make_client(tiny_klein, tmp_path / "data", entries, executor="thread") as client:
+
+        def generate(**change) -> bytes:
+            body = BODY | {"model": "tiny-flux2", "prompts": ["a"]} | change
+            return png_of(client, client.post("/v1/generate", json=body, headers=WAIT).json())
+
+        first = generate(references=references)
         assert Image.open(io.BytesIO(first)).size == (80, 64)
-        again = client.post("/v1/generate", json=body, headers=WAIT).json()
-        assert png_of(client, again) == first
-        del body["references"]
-        assert png_of(client, client.post("/v1/generate", json=body, headers=WAIT).json()) != first
+        assert generate(references=references) == first
+        plain = generate()
+        assert plain != first
+        assert generate(loras=[{"name": "dev-a"}]) != plain
+        assert generate() == plain  # the LoRA left nothing active
 
 
 def test_the_prompts_of_a_job_share_the_reference_encodes(
