@@ -25,8 +25,9 @@ QWEN_LORA = "qwen_image-style"
 
 @pytest.fixture(scope="module")
 def flow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny flow-family checkpoints (FLUX.2 klein distilled, and [dev]), a LoRA each (Qwen-Image's serves the edit models too)
-    and a 4-step Qwen-Image speed LoRA, written once for this module."""
+    """The tiny flow-family checkpoints (FLUX.2 klein distilled, and [dev]), a LoRA each
+    (Qwen-Image's serves the edit models too) and a 4-step Qwen-Image speed LoRA, written once
+    for this module."""
     from assetbox.testing.tiny_models import write
 
     out = tmp_path_factory.mktemp("flow-models")
@@ -182,6 +183,7 @@ EDIT = {"instruction": "red", "steps": 2}
         ("edit", {"model": "tiny-qwen_image_edit", "images": ["A"], "strength": 0.5}, "strength"),
         ("edit", {"model": "tiny-qwen_image_edit", "images": ["A"]}, "instruction"),
         ("edit", {"model": "tiny-z_image", "image": "A", "prompts": ["x"]}, "image"),
+        ("upscale", {"model": "tiny-z_image", "image": "A", "mode": "diffusion"}, "model"),
     ],
 )
 def test_invalid_requests_name_the_field_and_queue_nothing(
@@ -194,7 +196,7 @@ def test_invalid_requests_name_the_field_and_queue_nothing(
     entries = [f"tiny-{f}" for f in ("qwen_image", "qwen_image_edit", "qwen_image_edit_plus")]
     entries += ["tiny-z_image", "tiny-flux2_klein"]
     with make_client(flow_models, tmp_path / "data", entries) as client:
-        request = {"prompts": ["a"]} if route == "generate" else {}
+        request = {"prompts": ["a"]} if route == "generate" else {}  # tiled upscale: img2img
         response = client.post(f"/v1/{route}", json=request | body)
         assert response.status_code == 422, response.text
         assert response.json()["field"] == field
