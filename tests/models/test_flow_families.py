@@ -147,3 +147,30 @@ def test_the_conditioning_area_is_set_for_one_call_and_restored() -> None:
     with _condition_area(pipe_plus, 128 * 128):
         assert (plus.VAE_IMAGE_SIZE, plus.CONDITION_IMAGE_SIZE) == (128 * 128, 48 * 48)
     assert (plus.VAE_IMAGE_SIZE, plus.CONDITION_IMAGE_SIZE) == (1024 * 1024, 384 * 384)
+
+
+def test_klein_defaults_and_guidance_follow_is_distilled(tmp_path: Path) -> None:
+    from assetbox.errors import InvalidInput
+    from assetbox.kinds.diffusion import GenerateOptions, defaults_for, fill_guidance
+    from assetbox.models.store import ModelManifest, now
+
+    def klein(distilled: bool) -> ModelManifest:
+        return ModelManifest(
+            id="klein",
+            kind="checkpoint",
+            architecture="Flux2KleinPipeline",
+            family="flux2_klein",
+            distilled=distilled,
+            source="test",
+            sha256="0" * 64,
+            size=1,
+            added=now(),
+        )
+
+    store = ModelStore(tmp_path / "models")
+    assert (defaults_for(klein(True))["steps"], defaults_for(klein(False))["steps"]) == (4, 50)
+    request = GenerateOptions(model="klein", prompts=["a"], guidance=3.5)
+    fill_guidance(store, klein(False), request)  # base klein runs CFG
+    with pytest.raises(InvalidInput) as refused:
+        fill_guidance(store, klein(True), request)
+    assert refused.value.field == "guidance"
