@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -42,21 +42,8 @@ KINDS: tuple[ModelKind, ...] = (
     "captioner",
     "ip_adapter",
 )
-Family = Literal[
-    "sd15",
-    "sdxl",
-    "flux1",
-    "flux2_klein",
-    "flux2",
-    "qwen_image",
-    "qwen_image_edit",
-    "qwen_image_edit_plus",
-    "z_image",
-    "qwen2_5_vl",
-    "qwen3_vl",
-]
 # Diffusion families only (checkpoints, LoRAs, ControlNets): what generate and edit accept.
-FAMILIES: tuple[Family, ...] = (
+DiffusionFamily = Literal[
     "sd15",
     "sdxl",
     "flux1",
@@ -66,7 +53,9 @@ FAMILIES: tuple[Family, ...] = (
     "qwen_image_edit",
     "qwen_image_edit_plus",
     "z_image",
-)
+]
+Family = Literal[DiffusionFamily, "qwen2_5_vl", "qwen3_vl"]
+FAMILIES: tuple[DiffusionFamily, ...] = get_args(DiffusionFamily)
 # Captioner families: the transformers `model_type` of their config.json.
 CAPTIONER_FAMILIES: tuple[Family, ...] = ("qwen2_5_vl", "qwen3_vl")
 Layout = Literal["diffusers", "single_file", "transformers"]

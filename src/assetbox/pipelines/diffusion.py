@@ -26,30 +26,13 @@ from typing import Any, Literal
 import numpy as np
 
 from assetbox.errors import Cancelled, InvalidInput, ModelError, OutOfMemory
+from assetbox.models.store import FAMILIES
+from assetbox.models.store import DiffusionFamily as Family
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-Family = Literal[
-    "sd15",
-    "sdxl",
-    "flux1",
-    "flux2_klein",
-    "flux2",
-    "qwen_image",
-    "qwen_image_edit",
-    "qwen_image_edit_plus",
-    "z_image",
-]
 # Families whose denoiser is a flow-matching transformer (bf16 on CUDA, flow samplers).
-FLOW_FAMILIES: tuple[Family, ...] = (
-    "flux1",
-    "flux2_klein",
-    "flux2",
-    "qwen_image",
-    "qwen_image_edit",
-    "qwen_image_edit_plus",
-    "z_image",
-)
+FLOW_FAMILIES: tuple[Family, ...] = tuple(f for f in FAMILIES if f not in ("sd15", "sdxl"))
 # Families with an img2img (strength) pipeline: what edit's `image` form and the tiled upscale run.
 IMG2IMG_FAMILIES: tuple[Family, ...] = ("sd15", "sdxl", "flux1")
 Task = Literal["text2img", "img2img"]
@@ -381,6 +364,22 @@ def _condition_area(pipe: Any, pixels: int) -> Iterator[None]:
                 setattr(module, name, value)
 
 
+def step_callback(
+    steps: int, should_stop: Callable[[], bool], report_step: Callable[[int, int], None]
+) -> Callable[..., dict]:
+    """A pipeline's ``callback_on_step_end``: reports each denoising step and raises Cancelled
+    after the step in which `should_stop()` turned true."""
+
+    def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        total = getattr(pipeline, "num_timesteps", None) or steps
+        report_step(step + 1, total)
+        if should_stop():  # out at once: no further step, no decoding of a half-done image
+            raise Cancelled(f"cancelled after denoising step {step + 1} of {total}")
+        return tensors
+
+    return on_step_end
+
+
 def run(
     model: DiffusionModel,
     params: RunParams,
@@ -407,13 +406,7 @@ def run(
     pipe.scheduler = _scheduler(model, params.sampler, params.loras)
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in params.seeds]
 
-    def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        total = getattr(pipeline, "num_timesteps", None) or params.steps
-        report_step(step + 1, total)
-        if should_stop():  # out at once: no further step, no decoding of a half-done image
-            raise Cancelled(f"cancelled after denoising step {step + 1} of {total}")
-        return tensors
-
+    on_step_end = step_callback(params.steps, should_stop, report_step)
     kwargs: dict[str, Any] = {
         "prompt": params.prompt,
         "num_images_per_prompt": len(params.seeds),

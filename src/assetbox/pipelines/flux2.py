@@ -39,8 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from assetbox.errors import Cancelled, InvalidInput, OutOfMemory
-from assetbox.pipelines.diffusion import DiffusionModel, RunParams, _scheduler, _use_loras
+from assetbox.errors import InvalidInput, OutOfMemory
+from assetbox.pipelines.diffusion import (
+    DiffusionModel,
+    RunParams,
+    _scheduler,
+    _use_loras,
+    step_callback,
+)
 
 FLUX2_FAMILIES = ("flux2_klein", "flux2")
 MAX_REFERENCES = 16
@@ -114,13 +120,7 @@ def run_flux2(
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in params.seeds]
     kept = [(image, weight) for image, weight in params.references if weight > 0]
 
-    def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        total = getattr(pipeline, "num_timesteps", None) or params.steps
-        report_step(step + 1, total)
-        if should_stop():  # out at once: no further step, no decoding of a half-done image
-            raise Cancelled(f"cancelled after denoising step {step + 1} of {total}")
-        return tensors
-
+    on_step_end = step_callback(params.steps, should_stop, report_step)
     kwargs: dict[str, Any] = {
         "prompt": params.prompt,
         "num_images_per_prompt": len(params.seeds),

@@ -56,6 +56,7 @@ from typing import Any
 
 # The Qwen tokenizer is shared with the flow models (tiny_flow, tiny_flux2), which tiny_models
 # writes: it lives in its own module so that they do not import each other.
+from assetbox.models import store
 from assetbox.testing.tiny_qwen import (
     CAPTION_WORDS,
     CAPTIONER_VOCAB,
@@ -68,14 +69,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FAMILIES = ("sd15", "sdxl", "flux1")
 # The flow-transformer families (testing/tiny_flow.py, testing/tiny_flux2.py): kept apart from
 # FAMILIES, which the test session writes for every run.
-FLOW_FAMILIES = (
-    "flux2_klein",
-    "flux2",
-    "qwen_image",
-    "qwen_image_edit",
-    "qwen_image_edit_plus",
-    "z_image",
-)
+FLOW_FAMILIES = tuple(f for f in store.FAMILIES if f not in FAMILIES)
 CAPTIONER_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 TINY_MERGES = 486  # CLIP vocabulary of 256 + 256 + 486 + 2 = 1000 tokens
 LORA_RANK = 4
