@@ -146,8 +146,11 @@ async def read_form(
     `files` maps an image field (``controlnet.image``) to the part names it may come as. Scalar
     fields are plain text; list and object fields (``prompts``, ``loras``, ``controlnet``) are
     JSON text, and a list may also come as repeated parts, one item each. An image field may also
-    be a text part (base64 or a URL), as in JSON. Returns the validated body, whose file-borne
-    image fields hold a placeholder, and the files' bytes by field.
+    be a text part (base64 or a URL), as in JSON. A list of images (``images``) comes as repeated
+    parts, each a file or text, in order; a field of list items (``references.N.image``, N for
+    the index) as a file part per item, beside its list as JSON text. Returns the validated body,
+    whose file-borne image fields hold a placeholder, and the files' bytes by field
+    (``images.1``, ``references.0.image``).
 
     Raises:
         InvalidInput: a file where text belongs, bad JSON text, or an invalid field (naming it).
@@ -156,10 +159,22 @@ async def read_form(
     names = {part: field for field, parts in files.items() for part in parts}
     data: dict[str, Any] = {}
     uploads: dict[str, bytes] = {}
+    placed: set[str] = set()  # uploads already in `data` (items of an image list)
     for key in dict.fromkeys(form.keys()):
         values = form.getlist(key)
-        field = names.get(key)
-        if field is not None and isinstance(values[0], UploadFile):
+        field = _image_field(key, names)
+        if field is not None and _shape(_annotation(model, field))[0] == "list":
+            if any(isinstance(v, UploadFile) for v in values):
+                items = []
+                for n, value in enumerate(values):
+                    if isinstance(value, UploadFile):
+                        uploads[f"{field}.{n}"] = await value.read()
+                        placed.add(f"{field}.{n}")
+                        value = _FILE_PLACEHOLDER
+                    items.append(value)
+                data[field] = items
+                continue
+        elif field is not None and isinstance(values[0], UploadFile):
             if len(values) > 1 or field in uploads:
                 raise InvalidInput(f"`{field}` must be one file", field=field)
             uploads[field] = await values[0].read()
@@ -169,17 +184,8 @@ async def read_form(
         texts = [v for v in values if isinstance(v, str) and v != ""]  # empty: not given
         if texts:
             data[field or key] = _form_value(model, field or key, texts)
-    for field in uploads:
-        *parents, name = field.split(".")
-        target = data
-        for parent in parents:
-            if not isinstance(target.get(parent), dict):
-                raise InvalidInput(
-                    f"`{field}` was sent without `{parent}` (JSON text naming its model)",
-                    field=parent,
-                )
-            target = target[parent]
-        target[name] = _FILE_PLACEHOLDER
+    for field in uploads.keys() - placed:
+        _place(data, field, _FILE_PLACEHOLDER)
     try:
         body = model.model_validate(_nest(data))
     except ValidationError as exc:
@@ -187,18 +193,50 @@ async def read_form(
     return body, uploads
 
 
+def _annotation(model: type[BaseModel], name: str) -> Any:
+    field = model.model_fields.get(name)
+    return field.annotation if field is not None else None
+
+
+def _image_field(key: str, names: dict[str, str]) -> str | None:
+    """The image field a part named `key` fills: its own field, or for an item's part
+    (``references.3.image``, listed as ``references.N.image``) the part's own name."""
+    if key in names:
+        return names[key]
+    template = ".".join("N" if part.isdigit() else part for part in key.split("."))
+    return key if template != key and template in names else None
+
+
+def _place(data: dict[str, Any], field: str, value: Any) -> None:
+    """Put `value` at the dotted `field` of `data`: into an object (``controlnet.image``) or an
+    item of a list (``references.0.image``) that its JSON text part gave."""
+    *parents, name = field.split(".")
+    target: Any = data
+    for depth, parent in enumerate(parents):
+        if isinstance(target, list) and parent.isdigit() and int(parent) < len(target):
+            target = target[int(parent)]
+        elif isinstance(target, dict):
+            target = target.get(parent)
+        else:
+            target = None
+        if not isinstance(target, dict | list):
+            missing = ".".join(parents[: depth + 1])
+            raise InvalidInput(
+                f"`{field}` was sent without `{missing}` (JSON text "
+                + ("naming its model)" if depth == 0 else "with that item)"),
+                field=missing,
+            )
+    if not isinstance(target, dict):
+        raise InvalidInput(f"`{field}` names no object field", field=field)
+    target[name] = value
+
+
 def _nest(data: dict[str, Any]) -> dict[str, Any]:
     # A text part named "controlnet.image" (base64 or a URL) goes into the controlnet object.
     nested = {k: v for k, v in data.items() if "." not in k}
     for key, value in data.items():
         if "." in key:
-            parent, name = key.split(".", 1)
-            if not isinstance(nested.get(parent), dict):
-                raise InvalidInput(
-                    f"`{key}` was sent without `{parent}` (JSON text naming its model)",
-                    field=parent,
-                )
-            nested[parent][name] = value
+            _place(nested, key, value)
     return nested
 
 
@@ -246,10 +284,24 @@ def multipart_schema(model: type[BaseModel], files: dict[str, tuple[str, ...]]) 
             properties[name] = prop
     required = []
     for field, parts in files.items():
+        binary = {"type": "string", "format": "binary"}
+        if ".N." in field:  # an item's image: told in its list's description, no fixed name
+            parent, _, name = field.partition(".N.")
+            properties[parent]["description"] += (
+                f" Each item's `{name}` may instead be a file part named `{parent}.N.{name}` (N: "
+                f"the item's index), left out of the JSON text."
+            )
+            continue
         for part in parts:
-            properties[part] = {
-                "type": "string",
-                "format": "binary",
+            if field in model.model_fields and _shape(_annotation(model, field))[0] == "list":
+                properties[part] = {
+                    "type": "array",
+                    "items": binary,
+                    "description": f"`{field}`: repeated parts, one image each, in order: a "
+                    "file (or base64/URL text)",
+                }
+                continue
+            properties[part] = binary | {
                 "description": f"`{field}` as a file (or give it as base64/URL text)",
             }
         if field in source.get("required", []):

@@ -23,19 +23,28 @@ from assetbox.server.submit import (
 router = APIRouter(prefix="/v1", tags=["diffusion"])
 
 
-async def reference_inputs(request: Request, body: GenerateCreate | EditCreate) -> dict[str, bytes]:
-    """FLUX.2 `references`: each ``references.N.image`` (base64 or an http(s) URL) resolved."""
+async def list_inputs(
+    request: Request, body: GenerateCreate | EditCreate, uploads: dict[str, bytes]
+) -> dict[str, bytes]:
+    """The images of the lists: instruction edit's ``images.N`` and FLUX.2's
+    ``references.N.image``, each an uploaded file's bytes or its base64/URL resolved."""
+    fields = [(f"references.{n}.image", r.image) for n, r in enumerate(body.references)]
+    fields += [(f"images.{n}", value) for n, value in enumerate(getattr(body, "images", []))]
     images = {}
-    for n, reference in enumerate(body.references):
-        field = f"references.{n}.image"
-        images[field] = await image_bytes(request, reference.image, field)
+    for field, value in fields:
+        images[field] = (
+            uploads[field] if field in uploads else await image_bytes(request, value, field)
+        )
     return images
 
 
+EDIT_IMAGES = ("image", "controlnet.image", "ip_adapter.image")
 EDIT_FILES = {
     "image": ("image",),
     "controlnet.image": ("controlnet.image", "controlnet_image"),
     "ip_adapter.image": ("ip_adapter.image", "ip_adapter_image"),
+    "images": ("images",),
+    "references.N.image": ("references.N.image",),
 }
 GENERATE_IMAGES = ("ip_adapter.image",)
 
@@ -53,7 +62,7 @@ async def create_generate(
     prompts) are base64 or http(s) URLs."""
     body = parse_json(GenerateCreate, await request.body())
     images = await image_inputs(request, body, {}, GENERATE_IMAGES)
-    images |= await reference_inputs(request, body)
+    images |= await list_inputs(request, body, {})
     return await submit_job(
         engine, "generate", body, body.options(), images, prefer, idempotency_key
     )
@@ -76,15 +85,14 @@ async def create_edit(
     `width`/`height` img2img runs at the input image's size, instruction edit at the last
     image's aspect ratio and `condition_pixels` (1 MP). As multipart, `image`,
     `controlnet.image` (or `controlnet_image`) and `ip_adapter.image` (or `ip_adapter_image`)
-    are file parts, `prompts`, `loras`, `controlnet` and `ip_adapter` JSON text (`prompts` also
-    repeated parts)."""
+    are file parts, `images` repeated file parts (one image each, in order), a reference's image
+    a file part `references.N.image`, `prompts`, `loras`, `references`, `controlnet` and
+    `ip_adapter` JSON text (`prompts` also repeated parts)."""
     if is_multipart(request):
         body, uploads = await read_form(request, EditCreate, EDIT_FILES)
     else:
         body, uploads = parse_json(EditCreate, await request.body()), {}
-    images = await image_inputs(request, body, uploads, tuple(EDIT_FILES))
-    for n, value in enumerate(body.images):
-        images[f"images.{n}"] = await image_bytes(request, value, f"images.{n}")
-    images |= await reference_inputs(request, body)
+    images = await image_inputs(request, body, uploads, EDIT_IMAGES)
+    images |= await list_inputs(request, body, uploads)
     # The blobs take the images' places (options carry the base64, URL or placeholder till then).
     return await submit_job(engine, "edit", body, body.options(), images, prefer, idempotency_key)
