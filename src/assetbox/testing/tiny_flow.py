@@ -16,12 +16,11 @@ diffusers converts on load (``_convert_non_diffusers_z_image_lora_to_diffusers``
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
+from assetbox.testing.tiny_parts import LORA_RANK, flux_vae, random_lora_pairs
+
 FLOW_FAMILIES = ("qwen_image", "qwen_image_edit", "qwen_image_edit_plus", "z_image")
-LORA_RANK = 4
 _WIDTH = 16  # the text encoders' hidden size = the transformers' text input width
 # Qwen3's chat template, cut to what ZImagePipeline renders: one user turn, the generation
 # prompt, and with `enable_thinking` false the empty thinking block Qwen3 writes.
@@ -161,7 +160,6 @@ def _qwen_image(family: str):
 def _z_image():
     import torch
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         ZImagePipeline,
         ZImageTransformer2DModel,
@@ -202,19 +200,7 @@ def _z_image():
             pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         )
     ).eval()
-    vae = AutoencoderKL(  # 16 latent channels and a scale factor of 8, as Z-Image's (FLUX.1's)
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-    )
+    vae = flux_vae()  # 16 latent channels and a scale factor of 8, as Z-Image's (FLUX.1's)
     return ZImagePipeline(
         transformer=transformer,
         vae=vae,
@@ -247,24 +233,14 @@ def lora_state_dict(pipe, family: str, name: str) -> dict[str, Any]:
     """
     import torch
 
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
-    generator = torch.Generator().manual_seed(seed)
+    pattern = r"((attn|attention)\.(to_q|to_k|to_v|to_out\.0)|img_mlp\.net\.2)$"
     state = {}
-    for module_name, module in pipe.transformer.named_modules():
-        if not (
-            isinstance(module, torch.nn.Linear)
-            and re.search(
-                r"((attn|attention)\.(to_q|to_k|to_v|to_out\.0)|img_mlp\.net\.2)$", module_name
-            )
-        ):
-            continue
-        down = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.3
-        up = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.3
+    for module_name, down, up in random_lora_pairs(pipe.transformer, pattern, name):
         if family == "z_image":
-            state[f"diffusion_model.{module_name}.lora_down.weight"] = down.contiguous()
-            state[f"diffusion_model.{module_name}.lora_up.weight"] = up.contiguous()
+            state[f"diffusion_model.{module_name}.lora_down.weight"] = down
+            state[f"diffusion_model.{module_name}.lora_up.weight"] = up
             state[f"diffusion_model.{module_name}.alpha"] = torch.tensor(float(LORA_RANK))
         else:
-            state[f"transformer.{module_name}.lora_A.weight"] = down.contiguous()
-            state[f"transformer.{module_name}.lora_B.weight"] = up.contiguous()
+            state[f"transformer.{module_name}.lora_A.weight"] = down
+            state[f"transformer.{module_name}.lora_B.weight"] = up
     return state

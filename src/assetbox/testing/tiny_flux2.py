@@ -25,14 +25,13 @@ Weights are random with fixed seeds: the same every time.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from typing import Any
+
+from assetbox.testing.tiny_parts import random_lora_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-LORA_RANK = 4
 # The text encoder's hidden states the pipeline stacks by default (9, 18, 27): 27 layers at least.
 TEXT_LAYERS = 27
 TEXT_HIDDEN = 16
@@ -146,19 +145,11 @@ def flux2_lora_state_dict(pipe, name: str) -> dict[str, Any]:
     """A random LoRA (diffusers/peft layout, ``transformer.`` prefix) on the attention
     projections of the double-stream blocks and the fused projections of the single-stream
     ones; its weights are seeded from `name` (different names differ)."""
-    import torch
-
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
-    generator = torch.Generator().manual_seed(seed)
+    pattern = r"attn\.(to_q|to_k|to_v|to_out\.0|to_qkv_mlp_proj|to_out)$"
     state = {}
-    for module_name, module in pipe.transformer.named_modules():
-        if isinstance(module, torch.nn.Linear) and re.search(
-            r"attn\.(to_q|to_k|to_v|to_out\.0|to_qkv_mlp_proj|to_out)$", module_name
-        ):
-            down = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.3
-            up = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.3
-            state[f"transformer.{module_name}.lora_A.weight"] = down.contiguous()
-            state[f"transformer.{module_name}.lora_B.weight"] = up.contiguous()
+    for module_name, down, up in random_lora_pairs(pipe.transformer, pattern, name):
+        state[f"transformer.{module_name}.lora_A.weight"] = down
+        state[f"transformer.{module_name}.lora_B.weight"] = up
     return state
 
 

@@ -45,7 +45,6 @@ its sampling defaults), so captions read as short word lists of varying length.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -57,6 +56,7 @@ from typing import Any
 # The Qwen tokenizer is shared with the flow models (tiny_flow, tiny_flux2), which tiny_models
 # writes: it lives in its own module so that they do not import each other.
 from assetbox.models import store
+from assetbox.testing.tiny_parts import flux_vae, random_lora_pairs
 from assetbox.testing.tiny_qwen import (
     CAPTION_WORDS,
     CAPTIONER_VOCAB,
@@ -72,7 +72,6 @@ FAMILIES = ("sd15", "sdxl", "flux1")
 FLOW_FAMILIES = tuple(f for f in store.FAMILIES if f not in FAMILIES)
 CAPTIONER_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 TINY_MERGES = 486  # CLIP vocabulary of 256 + 256 + 486 + 2 = 1000 tokens
-LORA_RANK = 4
 _MODELSPEC = {
     "sd15": "stable-diffusion-v1",
     "sdxl": "stable-diffusion-xl-v1-base",
@@ -251,7 +250,6 @@ def build_pipeline(family: str):
 def _flux():
     import torch
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
         FluxTransformer2DModel,
@@ -287,19 +285,7 @@ def _flux():
         ),
         tokenizer=_clip_tokenizer(),
         tokenizer_2=t5_tokenizer,
-        vae=AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 8, 8, 8),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=4,
-            sample_size=64,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.1159,
-            scaling_factor=0.3611,
-        ),
+        vae=flux_vae(),
         scheduler=FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's settings
             shift=3.0,
             use_dynamic_shifting=True,
@@ -359,21 +345,12 @@ def denoiser(pipe):
 
 def lora_state_dict(pipe, name: str) -> dict[str, Any]:
     """A random LoRA (diffusers/peft layout) on the denoiser's attention projections."""
-    import torch
-
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
-    generator = torch.Generator().manual_seed(seed)
-    model = denoiser(pipe)
     prefix = "transformer" if hasattr(pipe, "transformer") else "unet"
     state = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and re.search(
-            r"attn[12]?\.(to_q|to_k|to_v|to_out\.0)$", module_name
-        ):
-            down = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.3
-            up = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.3
-            state[f"{prefix}.{module_name}.lora_A.weight"] = down.contiguous()
-            state[f"{prefix}.{module_name}.lora_B.weight"] = up.contiguous()
+    pattern = r"attn[12]?\.(to_q|to_k|to_v|to_out\.0)$"
+    for module_name, down, up in random_lora_pairs(denoiser(pipe), pattern, name):
+        state[f"{prefix}.{module_name}.lora_A.weight"] = down
+        state[f"{prefix}.{module_name}.lora_B.weight"] = up
     return state
 
 
