@@ -183,6 +183,16 @@ def upscale(
     ] = None,
     conditioning_scale: Annotated[float, typer.Option(help="ControlNet strength.")] = 1.0,
     lora: _Lora = [],  # noqa: B006 (typer reads the default)
+    ip_adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--ip-adapter", help="diffusion: IP-Adapter id (SD 1.5, SDXL), for every tile."
+        ),
+    ] = None,
+    ip_adapter_image: Annotated[
+        Path | None, typer.Option(help="diffusion: the IP-Adapter's image. (default: the input)")
+    ] = None,
+    ip_adapter_scale: _IPAdapterScale = None,
     pre_upscale: Annotated[
         str | None, typer.Option(help="diffusion: upscaler id or lanczos. (realesrgan-x4plus)")
     ] = None,
@@ -218,6 +228,7 @@ def upscale(
             raise InvalidInput(f"`scale` must be 2, 3 or 4 but is {scale}", field="scale")
         # A bad file fails here, before any job exists.
         data = _read_input(input, "image", argument="input")
+        images = {"image": data}
         options = {
             "mode": mode,
             "model": model or ("realesrgan-x4plus" if mode == "gan" else None),
@@ -254,6 +265,11 @@ def upscale(
                     "model": controlnet,
                     "conditioning_scale": conditioning_scale,
                 }
+            options["ip_adapter"] = _ip_adapter(
+                ip_adapter, ip_adapter_image, ip_adapter_scale, images
+            )
+        elif (ip_adapter, ip_adapter_image, ip_adapter_scale) != (None, None, None):
+            raise InvalidInput("--ip-adapter is for --mode diffusion", field="ip_adapter")
         options = {k: v for k, v in options.items() if v is not None}
         try:
             UpscaleOptions(**options)  # type: ignore[arg-type]
@@ -261,15 +277,12 @@ def upscale(
             raise InvalidInput.from_validation(exc) from exc
         # The same command again picks up the same job: after a crash it resumes, and
         # units already done are not computed again.
+        digests = b"".join(hashlib.sha256(images[f]).digest() for f in sorted(images))
         key = (
             "cli-upscale:"
-            + hashlib.sha256(
-                json.dumps(options, sort_keys=True).encode() + hashlib.sha256(data).digest()
-            ).hexdigest()
+            + hashlib.sha256(json.dumps(options, sort_keys=True).encode() + digests).hexdigest()
         )
-        job_id, (result,) = _run_job(
-            "upscale", options, {"image": data}, server, key=key, progress="units"
-        )
+        job_id, (result,) = _run_job("upscale", options, images, server, key=key, progress="units")
         write_atomically(output, result.data)  # never half an output, whatever happens
     except AssetboxError as exc:
         raise _fail(exc, as_json) from exc
@@ -478,6 +491,48 @@ def _parse_loras(values: list[str]) -> list[dict]:
     return loras
 
 
+def _parse_references(values: list[str], images: dict[str, bytes]) -> list[dict]:
+    """FLUX.2 references from ``--reference PATH[:WEIGHT]`` (a path that exists is taken whole,
+    colon and all); their bytes go into `images` as ``references.N.image``."""
+    references = []
+    for n, value in enumerate(values):
+        path, weight = Path(value), 1.0
+        head, colon, tail = value.rpartition(":")
+        if colon and not path.exists():
+            try:
+                weight = float(tail)
+            except ValueError as exc:
+                raise InvalidInput(
+                    f"`--reference` must be PATH or PATH:WEIGHT, not {value!r}", field="reference"
+                ) from exc
+            path = Path(head)
+        field = f"references.{n}.image"
+        images[field] = _read_input(path, field, argument="reference")
+        references.append({"image": "-", "weight": weight})
+    return references
+
+
+def _ip_adapter(
+    model: str | None, image: Path | None, scale: float | None, images: dict[str, bytes]
+) -> dict | None:
+    """The request's ``ip_adapter`` from ``--ip-adapter ID --ip-adapter-image PATH
+    --ip-adapter-scale S``; its image's bytes go into `images` as ``ip_adapter.image``."""
+    if model is None:
+        if image is not None or scale is not None:
+            raise InvalidInput(
+                "--ip-adapter-image and --ip-adapter-scale need --ip-adapter (its id)",
+                field="ip_adapter",
+            )
+        return None
+    adapter: dict = {"model": model}
+    if scale is not None:
+        adapter["scale"] = scale
+    if image is not None:
+        adapter["image"] = "-"
+        images["ip_adapter.image"] = _read_input(image, "ip_adapter.image")
+    return adapter
+
+
 def _run_diffusion(
     kind: str,
     fields: dict,
@@ -492,12 +547,12 @@ def _run_diffusion(
     from pydantic import ValidationError
 
     from assetbox.kinds.diffusion import GenerateOptions
-    from assetbox.kinds.edit import EditOptions
+    from assetbox.kinds.edit import EditRequest
     from assetbox.kinds.upscale import format_for_path
 
     request = {k: v for k, v in fields.items() if v is not None}
     request |= {"loras": _parse_loras(loras), "format": format_for_path(output)}
-    options_model = EditOptions if kind == "edit" else GenerateOptions
+    options_model = EditRequest if kind == "edit" else GenerateOptions
     try:
         options_model(**request)  # bad options fail here, before any job exists
     except ValidationError as exc:
@@ -535,21 +590,25 @@ def _read_input(path: Path, field: str, *, argument: str | None = None) -> bytes
 
 
 _Model = Annotated[str, typer.Option(help="Checkpoint id (assetbox models list).")]
-_Width = Annotated[int | None, typer.Option(help="Pixels, multiple of 8 (Flux: 16).")]
+_Width = Annotated[
+    int | None,
+    typer.Option(help="Pixels, a multiple of 8 (16 for Flux, Qwen-Image and Z-Image)."),
+]
 _EditWidth = Annotated[
     int | None,
     typer.Option(
-        help="Output width, a multiple of 8 (Flux.1: 16). Default: the input's width rounded "
-        "to that multiple, or with only --height the width that keeps the input's aspect "
-        "ratio; an input over 4096 px needs an explicit size."
+        help="Output width, a multiple of 8 (16 for Flux, Qwen-Image, Z-Image). Default: the "
+        "input's width rounded to that multiple, or with only --height the width that keeps "
+        "the input's aspect ratio; an input over 4096 px needs an explicit size. Instruction "
+        "edit: the last --image's aspect ratio at --condition-pixels."
     ),
 ]
 _EditHeight = Annotated[
     int | None,
     typer.Option(
-        help="Output height, a multiple of 8 (Flux.1: 16). Default: the input's height "
-        "rounded to that multiple, or with only --width the height that keeps the input's "
-        "aspect ratio."
+        help="Output height, a multiple of 8 (16 for Flux, Qwen-Image, Z-Image). Default: the "
+        "input's height rounded to that multiple, or with only --width the height that keeps "
+        "the input's aspect ratio (instruction edit: as --width)."
     ),
 ]
 _Steps = Annotated[int | None, typer.Option(help="Denoising steps. (default: by family)")]
@@ -560,6 +619,30 @@ _Lora = Annotated[list[str], typer.Option("--lora", help="NAME or NAME:WEIGHT (u
 _Server = Annotated[
     str | None, typer.Option(help="Run on this server. (default: ASSETBOX_SERVER_URL)")
 ]
+_Reference = Annotated[
+    list[str],
+    typer.Option(
+        "--reference",
+        help="FLUX.2: a reference image, PATH or PATH:WEIGHT (weight 0-4, 1 as FLUX.2 itself, "
+        "0 as if left out); repeat for up to 16, shared by all prompts.",
+    ),
+]
+_IPAdapter = Annotated[
+    str | None,
+    typer.Option("--ip-adapter", help="IP-Adapter id (SD 1.5, SDXL): an image as a prompt."),
+]
+_IPAdapterScale = Annotated[
+    float | None,
+    typer.Option(help="How strongly the IP-Adapter's image steers, 0-2. (0.6)"),
+]
+_Backend = Annotated[
+    str,
+    typer.Option(
+        help="auto, diffusers or nunchaku (4-bit Qwen-Image(-Edit) on a supported CUDA GPU; "
+        "refused with the reason elsewhere)."
+    ),
+]
+_Rank = Annotated[int | None, typer.Option(help="nunchaku: its weights' rank, 32 or 128.")]
 
 
 @app.command("generate", cls=_JsonCommand)
@@ -576,10 +659,19 @@ def generate(
     seed: _Seed = None,
     sampler: _Sampler = None,
     lora: _Lora = [],  # noqa: B006 (typer reads the default)
+    reference: _Reference = [],  # noqa: B006
+    ip_adapter: _IPAdapter = None,
+    ip_adapter_image: Annotated[
+        Path | None, typer.Option(help="The IP-Adapter's image (needed here).")
+    ] = None,
+    ip_adapter_scale: _IPAdapterScale = None,
+    backend: _Backend = "auto",
+    rank: _Rank = None,
     server: _Server = None,
     as_json: _Json = False,
 ) -> None:
-    """Text to image. Several outputs are written as OUT-0.png, OUT-1.png, ..."""
+    """Text to image. Several outputs are written as OUT-0.png, OUT-1.png, ... FLUX.2 takes
+    reference images (--reference PATH:WEIGHT), SD 1.5 and SDXL an IP-Adapter's image."""
     fields = {
         "model": model,
         "prompts": prompts,
@@ -591,21 +683,51 @@ def generate(
         "guidance": guidance,
         "seed": seed,
         "sampler": sampler,
+        "backend": backend,
+        "rank": rank,
     }
     try:
-        _run_diffusion("generate", fields, lora, {}, output, server, as_json)
+        images: dict[str, bytes] = {}
+        fields["references"] = _parse_references(reference, images)
+        fields["ip_adapter"] = _ip_adapter(ip_adapter, ip_adapter_image, ip_adapter_scale, images)
+        _run_diffusion("generate", fields, lora, images, output, server, as_json)
     except AssetboxError as exc:
         raise _fail(exc, as_json) from exc
 
 
 @app.command("edit", cls=_JsonCommand)
 def edit(
-    image: Annotated[Path, typer.Argument(help="The image to edit.")],
-    prompt: Annotated[str, typer.Argument(help="What the result shows.")],
+    image: Annotated[
+        Path | None,
+        typer.Argument(
+            help="img2img: the image to edit (not with --instruction).", show_default=False
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="img2img: what the result shows.", show_default=False)
+    ] = None,
+    *,
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG/JPEG/WebP to write.")],
     model: _Model,
-    strength: Annotated[float, typer.Option(help="How much is redrawn (0-1].")] = 0.6,
-    controlnet: Annotated[str | None, typer.Option(help="ControlNet id.")] = None,
+    instruction: Annotated[
+        str | None,
+        typer.Option(
+            help="Instruction edit (qwen_image_edit, qwen_image_edit_plus, FLUX.2): what to "
+            "change in the --image images, e.g. 'make the sky red'."
+        ),
+    ] = None,
+    input_images: Annotated[
+        list[Path],
+        typer.Option(
+            "--image",
+            help="Instruction edit: an input image; repeat for several (qwen_image_edit 1, "
+            "qwen_image_edit_plus 1-3, FLUX.2 1-16), in order.",
+        ),
+    ] = [],  # noqa: B006
+    strength: Annotated[
+        float | None, typer.Option(help="img2img: how much is redrawn (0-1]. (0.6)")
+    ] = None,
+    controlnet: Annotated[str | None, typer.Option(help="img2img: ControlNet id.")] = None,
     control_image: Annotated[
         Path | None, typer.Option(help="Control image. (default: the input)")
     ] = None,
@@ -615,31 +737,87 @@ def edit(
     height: _EditHeight = None,
     steps: _Steps = None,
     guidance: _Guidance = None,
+    true_cfg_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Qwen-Image-Edit(-Plus): true CFG (acts only above 1 with --negative). (4)"
+        ),
+    ] = None,
+    condition_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Qwen-Image-Edit(-Plus): the area each input is resized to before the model "
+            "sees it. (1048576, 1 MP)"
+        ),
+    ] = None,
     seed: _Seed = None,
     sampler: _Sampler = None,
     lora: _Lora = [],  # noqa: B006
+    reference: _Reference = [],  # noqa: B006
+    ip_adapter: _IPAdapter = None,
+    ip_adapter_image: Annotated[
+        Path | None, typer.Option(help="The IP-Adapter's image. (default: the input)")
+    ] = None,
+    ip_adapter_scale: _IPAdapterScale = None,
+    backend: _Backend = "auto",
+    rank: _Rank = None,
     server: _Server = None,
     as_json: _Json = False,
 ) -> None:
-    """img2img, optionally with a ControlNet."""
+    """Edit an image. img2img: `assetbox edit IMAGE PROMPT` (optionally a ControlNet, an
+    IP-Adapter). By instruction: `assetbox edit --instruction TEXT --image PATH [--image PATH
+    ...]` with Qwen-Image-Edit (1 image), -Plus (1-3) or FLUX.2 (1-16)."""
     fields = {
         "model": model,
-        "prompts": [prompt],
         "negative_prompt": negative,
         "strength": strength,
         "width": width,
         "height": height,
         "steps": steps,
         "guidance": guidance,
+        "true_cfg_scale": true_cfg_scale,
+        "condition_pixels": condition_pixels,
         "seed": seed,
         "sampler": sampler,
+        "backend": backend,
+        "rank": rank,
     }
     try:
-        images = {"image": _read_input(image, "image")}
+        if instruction is not None or input_images:
+            if instruction is None:
+                raise InvalidInput(
+                    "--image is for instruction edit: give --instruction too (img2img takes "
+                    "IMAGE PROMPT)",
+                    field="instruction",
+                )
+            if image is not None:
+                raise InvalidInput(
+                    "instruction edit takes its images from --image, not from an IMAGE argument",
+                    field="image",
+                )
+            if not input_images:
+                raise InvalidInput(
+                    "--instruction needs --image (the image to edit)", field="images"
+                )
+            images = {
+                f"images.{n}": _read_input(path, f"images.{n}")
+                for n, path in enumerate(input_images)
+            }
+            fields |= {"instruction": instruction, "images": ["-"] * len(input_images)}
+        else:
+            if image is None or prompt is None:
+                raise InvalidInput(
+                    "give IMAGE PROMPT (img2img) or --instruction TEXT --image PATH",
+                    field="image" if image is None else "prompt",
+                )
+            images = {"image": _read_input(image, "image")}
+            fields["prompts"] = [prompt]
         if controlnet is not None:
             fields["controlnet"] = {"model": controlnet, "conditioning_scale": conditioning_scale}
             if control_image is not None:
                 images["controlnet.image"] = _read_input(control_image, "controlnet.image")
+        fields["references"] = _parse_references(reference, images)
+        fields["ip_adapter"] = _ip_adapter(ip_adapter, ip_adapter_image, ip_adapter_scale, images)
         _run_diffusion("edit", fields, lora, images, output, server, as_json)
     except AssetboxError as exc:
         raise _fail(exc, as_json) from exc
