@@ -61,12 +61,20 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
     raise AssertionError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
 
 
+# Written for the UI's store alone (the session's `tiny_models` has the UNet families and
+# Flux.1 only): a FLUX.2 klein for references, a Qwen-Image-Edit-Plus for instruction edits.
+FLOW_FAMILIES = ("flux2_klein", "qwen_image_edit_plus")
+
+
 @pytest.fixture(scope="session")
 def ui_data_dir(tiny_models: Path, tiny_captioners: dict, builtin_store, tmp_path_factory) -> Path:
-    """A data directory with the built-in upscalers, tiny SD 1.5/SDXL (+ ControlNet, LoRA) and
-    the tiny Qwen2.5-VL captioner."""
+    """A data directory with the built-in upscalers, tiny SD 1.5/SDXL (+ ControlNet, LoRA, an
+    IP-Adapter for SD 1.5), tiny FLUX.2 klein and Qwen-Image-Edit-Plus, and the tiny Qwen2.5-VL
+    captioner."""
     from assetbox.models.importer import import_model
     from assetbox.models.store import ModelStore
+    from assetbox.testing.tiny_ip_adapter import write_ip_adapter
+    from assetbox.testing.tiny_models import write
 
     data_dir = tmp_path_factory.mktemp("ui-data")
     shutil.copytree(builtin_store.root, data_dir / "models")
@@ -74,6 +82,11 @@ def ui_data_dir(tiny_models: Path, tiny_captioners: dict, builtin_store, tmp_pat
     for entry in ENTRIES:
         import_model(store, tiny_models / entry)
     import_model(store, tiny_captioners["qwen2_5_vl"])
+    flow = tmp_path_factory.mktemp("ui-flow-models")
+    for family in FLOW_FAMILIES:
+        for path in write(family, flow):
+            import_model(store, path)
+    import_model(store, write_ip_adapter("sd15", flow / "ip-adapter-sd15"))
     return data_dir
 
 

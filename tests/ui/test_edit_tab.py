@@ -14,7 +14,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from playwright.sync_api import expect
 
-from assetbox.ui.edit import edit_fields
+from assetbox.models.store import FAMILIES
+from assetbox.ui.edit import edit_fields, has_edit, instruction_fields, instruction_limit
 from tests.ui.conftest import open_tab, queued_request, shoot
 from tests.utils.images import photo
 
@@ -62,6 +63,13 @@ def call_edit(gradio: GradioClient, image: Path | None, **form):
         "controlnet": "none",
         "conditioning_scale": 1.0,
         "control_image": None,
+        "ip_adapter": "none",
+        "ip_image": None,
+        "ip_scale": 0.6,
+        "instruction": "",
+        "instruction_images": [],
+        "true_cfg_scale": "",
+        "condition_pixels": "",
     } | form
     return gradio.predict(*values.values(), api_name="/edit")
 
@@ -151,3 +159,62 @@ def test_an_uploaded_photo_is_edited(page, api, ui_data_dir, tmp_path):
     result.evaluate("img => img.decode()")
     assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 48]
     shoot(page, "ui-edit.png")
+
+
+def test_instruction_fields_take_the_instruction_and_images(tmp_path):
+    first, second = small_photo(tmp_path), small_photo(tmp_path, "coffee")
+    shared = {"model": "m", "prompts": ["ignored"], "steps": 2}
+    fields = instruction_fields(shared, " make it red ", [str(first), str(second)], "2.5", "")
+    assert fields == {
+        "model": "m",
+        "steps": 2,
+        "instruction": "make it red",
+        "images": [base64.b64encode(p.read_bytes()).decode() for p in (first, second)],
+        "true_cfg_scale": 2.5,
+    }
+    assert [f for f in FAMILIES if has_edit(f)] == [
+        "sd15", "sdxl", "flux1", "flux2_klein", "flux2", "qwen_image_edit", "qwen_image_edit_plus",
+    ]  # fmt: skip
+    assert [instruction_limit(f) for f in ("sd15", "qwen_image_edit", "qwen_image_edit_plus")] == [
+        None,
+        1,
+        3,
+    ]
+
+
+def test_qwen_image_edit_plus_edits_two_images_by_instruction(page, api, ui_data_dir, tmp_path):
+    tab = edit_tab(page)
+    instruction_form = tab.locator("#ab-instruction")
+    expect(instruction_form).to_be_hidden()
+    tab.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name="tiny-qwen_image_edit_plus · qwen_image_edit_plus").click()
+    expect(instruction_form).to_be_visible()
+    # img2img's inputs give way: no input image, prompts, strength or guidance (true CFG).
+    for hidden in ("Input image", "Prompts", "Guidance"):
+        expect(tab.get_by_label(hidden, exact=True)).to_have_count(0)
+    expect(tab.get_by_text("Strength", exact=True)).to_be_hidden()
+    expect(tab.get_by_text("Input images (1 to 3 for qwen_image_edit_plus)")).to_be_visible()
+    tab.locator("#ab-edit-images input[type=file]").set_input_files(
+        [small_photo(tmp_path), small_photo(tmp_path, "coffee", (48, 64))]
+    )
+    expect(tab.locator("#ab-edit-images img")).to_have_count(2)  # the thumbnails
+    tab.get_by_label("Instruction", exact=True).fill("put the cup in the astronaut's hand")
+    # A small conditioning area: the pipelines' own 1 MP takes the tiny model a minute.
+    tab.get_by_label("Conditioning area (pixels)").fill("4096")
+    negative = tab.get_by_label("Negative prompt", exact=True)
+    expect(negative).to_have_attribute("placeholder", "optional")  # true CFG 4 by default
+    tab.get_by_label("True CFG scale").fill("1")
+    expect(negative).to_have_attribute("placeholder", re.compile("no effect .* at guidance 1"))
+    for label, value in (("Width", "64"), ("Height", "48"), ("Steps", "2")):
+        tab.get_by_label(label, exact=True).fill(value)
+    tab.get_by_role("button", name="Edit", exact=True).click()
+    result = tab.get_by_role("img", name=re.compile(r"^seed \d+$"))
+    expect(result).to_be_visible(timeout=JOB_MS)
+    result.evaluate("img => img.decode()")
+    assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 48]
+    request = queued_request(ui_data_dir, tab.get_by_label("Job", exact=True).input_value())
+    assert request["instruction"] == "put the cup in the astronaut's hand"
+    assert request["prompts"] == [request["instruction"]]
+    assert len(request["images"]) == 2 and request.get("image") is None
+    assert (request["condition_pixels"], request["guidance"]) == (4096, 1.0)
+    shoot(page, "ui-edit-instruction.png")

@@ -4,14 +4,26 @@ at once."""
 
 from __future__ import annotations
 
+import base64
 import re
+from datetime import UTC, datetime
 
 import pytest
 from gradio_client import Client as GradioClient
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 from playwright.sync_api import expect
 
-from assetbox.ui.generate import diffusion_fields, lora_refs
+from assetbox.models.store import ModelManifest
+from assetbox.ui.generate import (
+    diffusion_fields,
+    family_placeholders,
+    guidance_notes,
+    lora_refs,
+    reference_rows,
+    references_field,
+)
 from tests.ui.conftest import open_tab, queued_request, shoot
 
 FAST = {"width": "64", "height": "64", "steps": "2"}
@@ -53,6 +65,11 @@ def call_generate(gradio: GradioClient, **form):
         "sampler": "default",
         "images_per_prompt": 1,
         "loras": {"headers": ["LoRA", "weight"], "data": [["sd15-a", 0]]},
+        "reference_images": [],
+        "reference_weights": {"headers": ["reference", "weight"], "data": []},
+        "ip_adapter": "none",
+        "ip_image": None,
+        "ip_scale": 0.6,
     } | form
     return gradio.predict(*values.values(), api_name="/generate")
 
@@ -138,10 +155,27 @@ def test_a_refusal_is_shown_naming_the_field(gradio, api, form, field):
     assert len(api.jobs(limit=500)) == before  # nothing was queued
 
 
+def test_an_ip_adapter_with_its_image_reaches_the_job(gradio, api, ui_data_dir, tmp_path):
+    prompt_image = tmp_path / "prompt.png"
+    Image.new("RGB", (64, 64), "green").save(prompt_image)
+    job_id, _, gallery = call_generate(
+        gradio, ip_adapter="ip-adapter-sd15", ip_image=handle_file(str(prompt_image)), ip_scale=0.4
+    )
+    assert api.job(job_id)["status"] == "succeeded" and len(gallery) == 1
+    adapter = queued_request(ui_data_dir, job_id)["ip_adapter"]
+    assert (adapter["model"], adapter["scale"]) == ("ip-adapter-sd15", 0.4)
+    assert adapter["image"].startswith("sha256:")
+    # Without its image, generate has none to default to: the service says so.
+    with pytest.raises(AppError, match=re.escape("`ip_adapter.image`")):
+        call_generate(gradio, ip_adapter="ip-adapter-sd15")
+
+
 def test_picking_a_model_shows_its_family_loras_and_defaults(page):
     tab = generate_tab(page)
     expect(tab.get_by_role("gridcell", name="sd15-a")).to_be_visible()
     tab.get_by_role("combobox", name="Model").click()
+    # Qwen-Image-Edit-Plus edits only: the Edit tab offers it, this one does not.
+    expect(page.get_by_role("option", name=re.compile("qwen_image_edit_plus"))).to_have_count(0)
     page.get_by_role("option", name="tiny-sdxl · sdxl").click()
     expect(tab.get_by_role("gridcell", name="sdxl-a")).to_be_visible()
     expect(tab.get_by_role("gridcell", name="sd15-a")).to_have_count(0)
@@ -209,3 +243,94 @@ def test_two_sessions_generating_at_once_both_progress(browser, ui_server, api):
                 api.cancel(job_id)
         for context in contexts:
             context.close()
+
+
+def test_references_keep_their_weights_and_go_as_the_request(tmp_path):
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    for path, color in ((first, "red"), (second, "blue")):
+        Image.new("RGB", (64, 64), color).save(path)
+    rows = reference_rows([(str(first), None), (str(second), None)], [])
+    assert rows == [["1. a.png", 1], ["2. b.png", 1]]
+    # The first removed: the second keeps the weight it was given.
+    assert reference_rows([(str(second), None)], [["1. a.png", 1], ["2. b.png", 0.5]]) == [
+        ["1. b.png", 0.5]
+    ]
+    refs = references_field([(str(first), None), (str(second), None)], [["1", 1], ["2", "9"]])
+    assert refs == [
+        {"image": base64.b64encode(first.read_bytes()).decode(), "weight": 1},
+        {"image": base64.b64encode(second.read_bytes()).decode(), "weight": 9},  # the service's
+    ]
+    assert references_field(None, []) == []
+
+
+def manifest(family: str, **fields) -> ModelManifest:
+    return ModelManifest(
+        id=f"tiny-{family}", kind="checkpoint", architecture="x", family=family, source="x",
+        sha256="0" * 64, size=1, added=datetime.now(UTC), **fields,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("family", "fields", "guidance", "no_guidance", "no_negative"),
+    [
+        ("sdxl", {}, None, False, False),
+        ("flux1", {}, None, False, True),
+        ("flux2_klein", {"distilled": True}, None, True, True),
+        ("flux2_klein", {"distilled": False}, None, False, True),
+        ("flux2", {}, None, False, True),
+        ("z_image", {}, None, False, True),  # Turbo's guidance 0: no CFG
+        ("z_image", {}, 2, False, False),
+        ("qwen_image", {}, None, False, False),  # true CFG 4 by default
+        ("qwen_image_edit_plus", {}, 1, False, True),
+    ],
+)
+def test_the_form_says_what_the_service_takes(family, fields, guidance, no_guidance, no_negative):
+    refused_guidance, refused_negative = guidance_notes(manifest(family, **fields), guidance)
+    assert (refused_guidance is not None, refused_negative is not None) == (
+        no_guidance,
+        no_negative,
+    )
+    steps, guidance_hint, negative_hint = family_placeholders(manifest(family, **fields), guidance)
+    assert negative_hint == (refused_negative or "optional")
+    assert (guidance_hint is None) == no_guidance
+    if no_guidance:
+        assert "CFG" in refused_guidance and "`" not in refused_guidance
+    if family == "flux2_klein":
+        assert steps == ("4 (flux2_klein)" if fields["distilled"] else "50 (flux2_klein)")
+
+
+def test_flux2_klein_generates_with_two_weighted_references(page, api, ui_data_dir, tmp_path):
+    tab = generate_tab(page)
+    references = tab.locator("#ab-references")
+    expect(references).to_be_hidden()  # sd15 takes none
+    tab.get_by_text("IP-Adapter (image prompt)").click()
+    tab.get_by_role("combobox", name="IP-Adapter", exact=True).click()
+    expect(page.get_by_role("option", name="ip-adapter-sd15")).to_be_visible()  # sd15's
+    page.keyboard.press("Escape")
+    tab.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name="tiny-flux2_klein · flux2_klein").click()
+    expect(references).to_be_visible()
+    expect(tab.get_by_text("IP-Adapter (image prompt)")).to_be_hidden()
+    negative = tab.get_by_label("Negative prompt", exact=True)
+    expect(negative).to_have_attribute("placeholder", re.compile("no effect on FLUX.2 klein"))
+    paths = [tmp_path / "red.png", tmp_path / "blue.png"]
+    for path, color in zip(paths, ("red", "blue"), strict=True):
+        Image.new("RGB", (64, 64), color).save(path)
+    references.locator("input[type=file]").set_input_files(paths)
+    weights = tab.locator("#ab-reference-weights")
+    expect(weights.get_by_role("gridcell", name="2. blue.png")).to_be_visible()
+    cell = weights.get_by_role("gridcell").nth(3)  # row 2's weight
+    cell.dblclick()
+    cell.locator("input, textarea").first.fill("0.5")
+    cell.locator("input, textarea").first.press("Enter")
+    fill(tab, "a red cube", **FAST)
+    tab.get_by_role("button", name="Generate", exact=True).click()
+    image = tab.get_by_role("img", name=re.compile(r"^seed \d+$"))
+    expect(image).to_be_visible(timeout=JOB_MS)
+    image.evaluate("img => img.decode()")
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 64]
+    request = queued_request(ui_data_dir, tab.get_by_label("Job", exact=True).input_value())
+    assert request["model"] == "tiny-flux2_klein"
+    assert [r["weight"] for r in request["references"]] == [1.0, 0.5]
+    assert all(r["image"].startswith("sha256:") for r in request["references"])
+    shoot(page, "ui-generate-references.png")

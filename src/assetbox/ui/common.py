@@ -8,6 +8,7 @@ service at ``/ui`` and on a laptop against a remote server.
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import inspect
@@ -203,6 +204,93 @@ def typed(text: str | float | None) -> Any:
         except ValueError:
             pass
     return text
+
+
+def b64_file(path: str | Path) -> str:
+    """An uploaded file's bytes as base64, as the service takes input images in JSON."""
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def gallery_paths(items: Any) -> list[str]:
+    """The files of an interactive gallery's value (``[(path, caption), ...]`` or paths), in
+    order; none for an empty gallery."""
+    paths = []
+    for item in items or []:
+        path = item[0] if isinstance(item, list | tuple) else item
+        if isinstance(path, dict):  # a FileData, as Gradio's API client sends it
+            path = path.get("path")
+        if path:
+            paths.append(str(path))
+    return paths
+
+
+NO_IP_ADAPTER = "none"
+
+
+@dataclass
+class IPAdapterForm:
+    """An IP-Adapter picker (the checkpoint family's adapters), its image and scale, in an
+    accordion shown only for the families that take one (SD 1.5, SDXL)."""
+
+    box: gr.Accordion
+    model: gr.Dropdown
+    image: gr.Image
+    scale: gr.Slider
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.model, self.image, self.scale]
+
+
+def ip_adapter_form(image_label: str) -> IPAdapterForm:
+    """The IP-Adapter accordion (inside the caller's layout); `image_label` says what an empty
+    image means."""
+    with gr.Accordion("IP-Adapter (image prompt)", open=False, visible=False) as box:
+        with gr.Row():
+            # Custom values: the family's adapters arrive when a checkpoint is picked, which a
+            # caller of the Gradio API never does; the service checks the id.
+            model = gr.Dropdown(
+                [NO_IP_ADAPTER],
+                value=NO_IP_ADAPTER,
+                label="IP-Adapter",
+                scale=2,
+                allow_custom_value=True,
+            )
+            scale = gr.Slider(
+                0, 2, value=0.6, step=0.05, label="IP-Adapter scale", info="0: no effect"
+            )
+        image = gr.Image(
+            type="filepath", label=image_label, sources=["upload", "clipboard"], height=200
+        )
+    return IPAdapterForm(box, model, image, scale)
+
+
+def ip_adapter_updates(api: Client, family: str, takes_adapter: bool) -> list[Any]:
+    """Updates for an `IPAdapterForm`'s accordion and picker on a checkpoint of `family`:
+    shown with the family's adapters where `takes_adapter`, hidden and reset elsewhere."""
+    if not takes_adapter:
+        return [
+            gr.Accordion(visible=False),
+            gr.Dropdown(choices=[NO_IP_ADAPTER], value=NO_IP_ADAPTER),
+        ]
+    adapters = api.models(kind="ip_adapter", family=family)
+    choices = [NO_IP_ADAPTER, *(m["id"] for m in adapters)]
+    return [gr.Accordion(visible=True), gr.Dropdown(choices=choices, value=NO_IP_ADAPTER)]
+
+
+def ip_adapter_field(
+    model: str | None, image: str | None, scale: float | None
+) -> dict[str, Any] | None:
+    """The request's ``ip_adapter`` ({model, image base64, scale}), or None when none is
+    picked; without an image the service uses the input image (or, for generate, refuses)."""
+    if not model or model == NO_IP_ADAPTER:
+        return None
+    field: dict[str, Any] = {"model": model}
+    if image:
+        field["image"] = b64_file(image)
+    if scale is not None:
+        field["scale"] = float(scale)
+    return field
 
 
 def save_output(client: Client, job: dict[str, Any], index: int, folder: Path) -> Path:

@@ -23,10 +23,14 @@ import gradio as gr
 from PIL import Image
 
 from assetbox.client import Client
+from assetbox.pipelines.diffusion import FLOW_FAMILIES, IMG2IMG_FAMILIES
 from assetbox.ui.common import (
     Service,
     bar,
     follow,
+    ip_adapter_field,
+    ip_adapter_form,
+    ip_adapter_updates,
     lora_refs,
     lora_table,
     relay,
@@ -247,6 +251,7 @@ def render(service: Service, key: gr.Textbox) -> None:
                         0, 2, value=1.0, step=0.05, label="Conditioning scale", scale=2
                     )
                 loras = lora_table("LoRAs of the model's family (weight 0: not used; at most 4)")
+                ip = ip_adapter_form("Image prompt (default: the input image)")
                 with gr.Row():
                     steps = gr.Textbox(label="Steps", placeholder="family default")
                     guidance = gr.Textbox(label="Guidance", placeholder="family default")
@@ -278,7 +283,10 @@ def render(service: Service, key: gr.Textbox) -> None:
         key: str, current: str | None, current_pre: str | None, current_captioner: str | None
     ) -> tuple[Any, Any, Any, dict[str, str]]:
         with service.client(key) as api:
-            checkpoints = api.models(kind="checkpoint")
+            # The tiled upscale redraws by img2img: only the families that have one.
+            checkpoints = [
+                m for m in api.models(kind="checkpoint") if m.get("family") in IMG2IMG_FAMILIES
+            ]
             upscalers = api.models(kind="upscaler")
             captioners = api.models(kind="captioner")
         known = {m["id"]: m.get("family") or "" for m in checkpoints}
@@ -299,17 +307,24 @@ def render(service: Service, key: gr.Textbox) -> None:
         )
 
     @relay
-    def pick(key: str, checkpoint: str | None, known: dict[str, str]) -> tuple[Any, Any]:
+    def pick(key: str, checkpoint: str | None, known: dict[str, str]) -> list[Any]:
         family = known.get(checkpoint or "")
         if not family:
-            return gr.Dropdown(choices=[NONE], value=NONE), gr.Dataframe(value=[])
+            return [
+                gr.Dropdown(choices=[NONE], value=NONE),
+                gr.Dataframe(value=[]),
+                gr.skip(),
+                gr.skip(),
+            ]
         with service.client(key) as api:
             nets = api.models(kind="controlnet", family=family)
             lora_models = api.models(kind="lora", family=family)
-        return (
+            adapter = ip_adapter_updates(api, family, family not in FLOW_FAMILIES)
+        return [
             gr.Dropdown(choices=[NONE, *(m["id"] for m in nets)], value=NONE),
             gr.Dataframe(value=[[m["id"], 0] for m in lora_models]),
-        )
+            *adapter,
+        ]
 
     blocks = gr.context.get_blocks_context().root_block
     gr.on(
@@ -323,7 +338,7 @@ def render(service: Service, key: gr.Textbox) -> None:
     model.change(
         pick,
         [key, model, families],
-        [controlnet, loras],
+        [controlnet, loras, ip.box, ip.model],
         api_visibility="private",
         show_progress="hidden",
     )
@@ -407,6 +422,7 @@ def render(service: Service, key: gr.Textbox) -> None:
         guidance,
         seed,
         strength,
+        *ip.inputs,
     ]
 
     @gr.render(inputs=[plan])
@@ -514,7 +530,8 @@ def render(service: Service, key: gr.Textbox) -> None:
                     :7
                 ]
                 steps_value, guidance_value, seed_value, global_strength = values[7:11]
-                per_tile = values[11:]
+                ip_model, ip_image, ip_scale = values[11:14]
+                per_tile = values[14:]
                 edits = [
                     TileEdit(
                         id=tile_id,
@@ -548,6 +565,9 @@ def render(service: Service, key: gr.Textbox) -> None:
                 fields |= {k: v for k, v in optional.items() if v is not None}
                 if net and net != NONE:
                     fields["controlnet"] = {"model": net, "conditioning_scale": float(net_scale)}
+                adapter = ip_adapter_field(ip_model, ip_image, ip_scale)
+                if adapter is not None:  # without its own image, the service uses the input
+                    fields["ip_adapter"] = adapter
                 skipped = {
                     edit.id for edit in edits if fields["tiles"].get(edit.id, {}).get("skip")
                 }
