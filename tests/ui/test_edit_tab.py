@@ -218,3 +218,44 @@ def test_qwen_image_edit_plus_edits_two_images_by_instruction(page, api, ui_data
     assert len(request["images"]) == 2 and request.get("image") is None
     assert (request["condition_pixels"], request["guidance"]) == (4096, 1.0)
     shoot(page, "ui-edit-instruction.png")
+
+
+def test_img2img_ip_adapter_defaults_to_the_input_image(gradio, api, ui_data_dir, tmp_path):
+    job_id, _, gallery = call_edit(gradio, small_photo(tmp_path), ip_adapter="ip-adapter-sd15")
+    assert api.job(job_id)["status"] == "succeeded" and len(gallery) == 1
+    adapter = queued_request(ui_data_dir, job_id)["ip_adapter"]
+    assert (adapter["model"], adapter["scale"], adapter.get("image")) == (
+        "ip-adapter-sd15",
+        0.6,
+        None,
+    )
+
+
+def test_instruction_edits_through_the_api_and_their_refusals(gradio, api, ui_data_dir, tmp_path):
+    photos = ("astronaut", "coffee", "chelsea", "rocket")
+    # 64 px a side: FLUX.2 takes no smaller reference.
+    files = [small_photo(tmp_path, name, (64, 64)) for name in photos]
+    images = [{"image": handle_file(str(path))} for path in files]
+    # FLUX.2 klein: its images go as references; no Qwen fields.
+    job_id, _, gallery = call_edit(
+        gradio,
+        None,
+        model="tiny-flux2_klein",
+        instruction="make it red",
+        instruction_images=images[:2],
+        width="64",
+        height="48",
+        steps="2",
+    )
+    assert api.job(job_id)["status"] == "succeeded" and len(gallery) == 1
+    assert (api.job(job_id)["outputs"][0]["width"], api.job(job_id)["outputs"][0]["height"]) == (
+        64,
+        48,
+    )
+    request = queued_request(ui_data_dir, job_id)
+    assert (request["instruction"], len(request["images"])) == ("make it red", 2)
+    plus = {"model": "tiny-qwen_image_edit_plus", "instruction": "x", "steps": "2"}
+    with pytest.raises(AppError, match=re.escape("`images`")):  # Plus edits at most 3
+        call_edit(gradio, None, instruction_images=images, **plus)
+    with pytest.raises(AppError, match=re.escape("`images`")):  # none uploaded
+        call_edit(gradio, None, **plus)

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from assetbox.client import Client
 from assetbox.ui.upscale import TileEdit, tile_overrides, tile_status
-from tests.ui.conftest import open_tab, shoot
+from tests.ui.conftest import open_tab, queued_request, shoot
 from tests.utils.images import photo
 
 
@@ -45,7 +45,7 @@ def plan_and_caption(page, image: Path, *, tile: int, overlap: int):
 
 
 def test_plan_edit_and_upscale_all_send_the_mosaics_prompts_and_keep_a_skipped_tile(
-    page, api: Client, tmp_path: Path
+    page, api: Client, ui_data_dir: Path, tmp_path: Path
 ) -> None:
     image = photo_file(tmp_path, "astronaut", 128)
     # 128 px -> 256 px output in 144 px tiles overlapping by 32: a 2x2 grid (x, y at 0, 112).
@@ -62,6 +62,9 @@ def test_plan_edit_and_upscale_all_send_the_mosaics_prompts_and_keep_a_skipped_t
         assert img.get_attribute("src").startswith("http"), img.get_attribute("src")[:40]
 
     choose(page, tab, "Model", "tiny-sd15 (sd15)")
+    # The family's IP-Adapter, its image left to the service's default: the input.
+    tab.get_by_text("IP-Adapter (image prompt)").click()
+    choose(page, tab, "IP-Adapter", "ip-adapter-sd15")
     tab.get_by_label("Style prompt").fill("oil painting")
     tab.get_by_label("Steps").fill("3")  # strength 0.35 x 3 steps: one denoising step
     tab.get_by_label("Seed").fill("7")
@@ -90,6 +93,11 @@ def test_plan_edit_and_upscale_all_send_the_mosaics_prompts_and_keep_a_skipped_t
     assert tiles["1_0"]["prompt"] == f"oil painting, {captioned['1_0'].strip()}"
     assert tiles["0_1"] == {"id": "0_1", "skip": True}
     assert {t["strength"] for k, t in tiles.items() if k != "0_1"} == {0.35}
+    assert queued_request(ui_data_dir, job["id"])["ip_adapter"] == {
+        "model": "ip-adapter-sd15",
+        "image": None,
+        "scale": 0.6,
+    }
 
     out = np.asarray(Image.open(io.BytesIO(api.output(job["id"]))).convert("RGB")).astype(int)
     pre = np.asarray(Image.open(image).resize((256, 256), Image.LANCZOS)).astype(int)

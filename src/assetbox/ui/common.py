@@ -170,6 +170,7 @@ def lora_table(label: str) -> gr.Dataframe:
         type="array",
         static_columns=[0],
         label=label,
+        interactive=True,  # its weights are typed in, wherever the handler takes them
     )
 
 
@@ -249,18 +250,31 @@ def ip_adapter_form(image_label: str) -> IPAdapterForm:
         with gr.Row():
             # Custom values: the family's adapters arrive when a checkpoint is picked, which a
             # caller of the Gradio API never does; the service checks the id.
+            # Interactive said outright: where a tab's handler takes its inputs only inside a
+            # gr.render (Tile Upscale), Gradio would take the picker for an output only.
             model = gr.Dropdown(
                 [NO_IP_ADAPTER],
                 value=NO_IP_ADAPTER,
                 label="IP-Adapter",
                 scale=2,
                 allow_custom_value=True,
+                interactive=True,
             )
             scale = gr.Slider(
-                0, 2, value=0.6, step=0.05, label="IP-Adapter scale", info="0: no effect"
+                0,
+                2,
+                value=0.6,
+                step=0.05,
+                label="IP-Adapter scale",
+                info="0: no effect",
+                interactive=True,
             )
         image = gr.Image(
-            type="filepath", label=image_label, sources=["upload", "clipboard"], height=200
+            type="filepath",
+            label=image_label,
+            sources=["upload", "clipboard"],
+            height=200,
+            interactive=True,
         )
     return IPAdapterForm(box, model, image, scale)
 

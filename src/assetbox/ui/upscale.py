@@ -246,9 +246,19 @@ def render(service: Service, key: gr.Textbox) -> None:
                 )
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="optional")
                 with gr.Row():
-                    controlnet = gr.Dropdown([NONE], value=NONE, label="ControlNet", scale=2)
+                    # Interactive said outright: the upscale takes these inside gr.render,
+                    # and Gradio would take an output of `pick` for an output only.
+                    controlnet = gr.Dropdown(
+                        [NONE], value=NONE, label="ControlNet", scale=2, interactive=True
+                    )
                     conditioning = gr.Slider(
-                        0, 2, value=1.0, step=0.05, label="Conditioning scale", scale=2
+                        0,
+                        2,
+                        value=1.0,
+                        step=0.05,
+                        label="Conditioning scale",
+                        scale=2,
+                        interactive=True,
                     )
                 loras = lora_table("LoRAs of the model's family (weight 0: not used; at most 4)")
                 ip = ip_adapter_form("Image prompt (default: the input image)")
