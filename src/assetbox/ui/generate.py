@@ -353,8 +353,8 @@ def wire_models(
                 value=DEFAULT,
             ),
             gr.Textbox(placeholder=steps),
-            # A checkpoint the service takes no guidance for (distilled FLUX.2 klein): the box
-            # is emptied and disabled, its reason in the negative prompt's placeholder.
+            # A checkpoint the service refuses any guidance for (distilled FLUX.2 klein, as
+            # `fill_guidance` says): the box is emptied and disabled.
             gr.Textbox(value="", placeholder="none (no CFG)", interactive=False, visible=shown)
             if guidance_hint is None
             else gr.Textbox(placeholder=guidance_hint, interactive=True, visible=shown),
