@@ -144,8 +144,11 @@ def api(ui_server: str) -> Iterator[Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium, for one test module: Playwright's sync API runs an asyncio loop in this thread
+    while it is open, so a browser kept for the session made ``asyncio.run`` fail in whatever
+    test file the same worker ran after a UI one ("cannot be called from a running event loop")."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
