@@ -6,8 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The foreign HTTP shapes compat/ can serve (the `compat` setting names those served).
+COMPAT_SHAPES = ("flux", "qwen_edit", "generation_api")
 
 
 class Settings(BaseSettings):
@@ -100,6 +103,20 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="A file with one API key per line (added to api_keys)."
     )
+    auth: Literal["keys", "hf", "none"] | None = Field(
+        default=None,
+        description="Who may call the API (every route but /health, the docs and the UI): "
+        "`keys`, a Bearer key of api_keys/api_keys_file; `hf`, a Bearer Hugging Face token "
+        "with read access, checked with huggingface_hub's whoami against HF_ENDPOINT; `none`, "
+        "anyone. Default: `keys` when keys are configured, else `none`.",
+    )
+    auth_cache_s: float = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="`auth=hf`: how long a token's whoami answer is kept (a refused token's "
+        "for a tenth of it, so a token fixed on the Hub works again soon).",
+    )
     max_request_bytes: int = Field(
         default=96 * 1024 * 1024, gt=0, description="Largest HTTP request body (413 past it)."
     )
@@ -133,11 +150,50 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(default=None, description="CLI: the API key for `server_url`.")
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
+    compat: bool = Field(
+        default=True,
+        description="Serve the foreign HTTP shapes of the services this product replaces "
+        "(compat/: the FLUX.2-klein and Qwen edit services' routes, the generation API's "
+        "/v1/models/load, /v1/loras/* and /v1/generate/ws) beside our own API.",
+    )
+    compat: str = Field(
+        default=",".join(COMPAT_SHAPES),
+        description="The foreign HTTP shapes `assetbox serve` also answers (compat/), "
+        "comma-separated: `flux` (the FLUX.2-klein service: POST /generate, POST /upscale, "
+        "its fields in /health), `qwen_edit` (the Qwen edit service: POST /edit-image, "
+        "GET /model-info, POST /model-config), `generation_api` (the generation API's "
+        "/v1/models/load, /v1/loras/*). Empty: none.",
+    )
+    compat_flux_model: str | None = Field(
+        default=None,
+        description="The checkpoint the FLUX.2-klein shape's /generate runs (a store id); "
+        "default: the store's only (or first) flux2_klein checkpoint.",
+    )
+    compat_qwen_edit_model: str | None = Field(
+        default=None,
+        description="The checkpoint the Qwen edit shape's /edit-image runs (a store id); "
+        "default: the store's only (or first) qwen_image_edit(_plus) checkpoint.",
+    )
     ui: bool = Field(
         default=True,
         description="`assetbox serve` serves the web UI at /ui (it needs the `ui` extra); the "
         "page is open, its calls to the API carry the key typed into it.",
     )
+
+    @field_validator("compat")
+    @classmethod
+    def _known_shapes(cls, value: str) -> str:
+        unknown = [n for n in compat_names(value) if n not in COMPAT_SHAPES]
+        if unknown:
+            raise ValueError(
+                f"unknown shape {unknown[0]!r}; the shapes are {', '.join(COMPAT_SHAPES)}"
+            )
+        return value
+
+
+def compat_names(value: str) -> list[str]:
+    """The shape names of a `compat` setting's value."""
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 _pinned: Settings | None = None
