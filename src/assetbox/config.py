@@ -143,6 +143,24 @@ class Settings(BaseSettings):
         description="Weight quantization of diffusion models (torchao): int8 on CPU or CUDA, "
         "fp8 on CUDA GPUs of compute capability 8.9+; refused where it cannot run.",
     )
+    nsfw: Literal["off", "flag", "blur", "block"] = Field(
+        default="off",
+        description="Check every image output for nudity (NudeNet; needs the `nsfw` extra): "
+        "`flag` marks it (`nsfw_detected`, `nsfw_score`), `blur` also pixelates the flagged "
+        "regions, `block` fails the job and stores no output. Refused at start without the extra.",
+    )
+    nsfw_classes: str = Field(
+        default="FEMALE_BREAST_EXPOSED,FEMALE_GENITALIA_EXPOSED,MALE_GENITALIA_EXPOSED,"
+        "BUTTOCKS_EXPOSED,ANUS_EXPOSED",
+        description="Comma-separated NudeNet classes that count as NSFW (any of its 18, e.g. "
+        "FACE_FEMALE); other detections are reported but not flagged.",
+    )
+    nsfw_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Least detector score of a flagged class that marks an output as NSFW.",
+    )
     server_url: str | None = Field(
         default=None,
         description="CLI: send jobs to this assetbox server (e.g. http://gpu-box:7000) instead "

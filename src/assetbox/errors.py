@@ -106,10 +106,17 @@ class OutOfMemory(AssetboxError):
     code = "out_of_memory"
 
 
+class ContentBlocked(AssetboxError):
+    """An output was withheld by the content check (``ASSETBOX_NSFW=block``)."""
+
+    code = "nsfw_blocked"
+
+
 __all__ = [
     "AssetboxError",
     "Cancelled",
     "Conflict",
+    "ContentBlocked",
     "ImageTooLarge",
     "InvalidInput",
     "ModelError",

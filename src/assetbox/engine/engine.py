@@ -56,6 +56,7 @@ from assetbox.engine.jobs import (
     JobOutput,
     JobProgress,
     JobStatus,
+    NsfwDetection,
     Unit,
     UnitStatus,
 )
@@ -64,6 +65,7 @@ from assetbox.engine.planners import AssembledOutput, Planner, request_hash
 from assetbox.engine.store import JobStore
 from assetbox.errors import AssetboxError, Cancelled, InvalidInput, OutOfMemory, QueueFull
 from assetbox.logs import get_logger
+from assetbox.pipelines import nsfw
 
 log = get_logger("engine")
 # Inputs no job refers to (a refused submit's) are deleted at start once this old: a younger one
@@ -156,6 +158,8 @@ class Engine:
         start: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
+        # ASSETBOX_NSFW without its extra is refused here, at start, not at the first output.
+        nsfw.require(self.settings)
         self.planners = dict(planners)
         self.data_dir = Path(self.settings.data_dir)
         self.files = self.data_dir / "jobs"
@@ -727,6 +731,9 @@ class Engine:
                     height=item.height,
                     seed=item.seed,
                     timings_ms=item.timings_ms or {},
+                    nsfw_detected=item.nsfw_detected,
+                    nsfw_score=item.nsfw_score,
+                    nsfw_detections=[NsfwDetection(**d) for d in item.nsfw_detections],
                 )
             )
         return outputs

@@ -58,6 +58,17 @@ class JobOutput(BaseModel):
     seed: int | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     upload: UploadOutcome | None = None
+    nsfw_detected: bool | None = None
+    nsfw_score: float | None = None
+    nsfw_detections: list[NsfwDetection] = Field(default_factory=list)
+
+
+class NsfwDetection(BaseModel):
+    """One region the content check's detector found (ASSETBOX_NSFW)."""
+
+    label: str = Field(description="NudeNet's class, e.g. FACE_FEMALE or BUTTOCKS_EXPOSED")
+    score: float
+    box: tuple[int, int, int, int] = Field(description="x, y, width, height in the output")
 
 
 class UploadOutcome(BaseModel):

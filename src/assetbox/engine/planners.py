@@ -48,6 +48,11 @@ class AssembledOutput:
     # Shown on the job itself as its `result` (e.g. captions), beside the file; at most one of a
     # job's outputs carries it.
     summary: dict[str, Any] | None = None
+    # The content check (ASSETBOX_NSFW, pipelines/nsfw.py); None when it is off. Detections are
+    # {label, score, box: [x, y, w, h]}, every class NudeNet found, flagged or not.
+    nsfw_detected: bool | None = None
+    nsfw_score: float | None = None
+    nsfw_detections: tuple[dict[str, Any], ...] = ()
 
 
 class Planner(Protocol):

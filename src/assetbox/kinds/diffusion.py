@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from assetbox.config import get_settings
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
@@ -33,6 +34,7 @@ from assetbox.kinds.ip_adapter import IPAdapterRef, check_ip_adapter, ip_adapter
 from assetbox.models.cache import files_bytes
 from assetbox.models.diffusion_import import CONFIG_DIR, DIFFUSERS_DIR, WEIGHTS_FILE
 from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
+from assetbox.pipelines import nsfw
 from assetbox.pipelines.flux2 import (
     FLUX2_FAMILIES,
     MAX_REFERENCE_WEIGHT,
@@ -589,6 +591,9 @@ class DiffusionPlanner:
             images = unit["images"]
             for image in images:
                 started = time.perf_counter()
+                screening = nsfw.screen(image, get_settings())  # raises under `block`
+                if screening is not None:
+                    image = screening.rgb
                 fmt: ImageFormat = request.format
                 encoded = encode_image(DecodedImage(rgb=image, alpha=None, format=fmt), fmt)
                 outputs.append(
@@ -604,6 +609,7 @@ class DiffusionPlanner:
                             "encode": round((time.perf_counter() - started) * 1000, 1),
                         }
                         | memory,
+                        **nsfw.output_fields(screening),
                     )
                 )
                 seed += 1

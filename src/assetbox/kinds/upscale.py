@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from assetbox.config import get_settings
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.planners import AssembledOutput, UnitContext
 from assetbox.errors import InvalidInput
@@ -36,6 +37,7 @@ from assetbox.kinds.upscale_tiled import (
 )
 from assetbox.models.builtin import DEFAULT_UPSCALER, ensure_upscaler
 from assetbox.models.store import ModelManifest, ModelStore
+from assetbox.pipelines import nsfw
 from assetbox.pipelines.upscale_gan import (
     DEFAULT_BATCH,
     DEFAULT_OVERLAP,
@@ -307,6 +309,9 @@ class UpscalePlanner:
         if image.grayscale:  # keep gray images gray
             mean = np.rint(rgb.mean(axis=2, dtype=np.float32)).astype(rgb.dtype)
             rgb = np.repeat(mean[..., None], 3, axis=2)
+        screening = nsfw.screen(rgb, get_settings())  # raises under `block`
+        if screening is not None:
+            rgb = screening.rgb
         fmt = request.format or image.format
         out = DecodedImage(rgb=rgb, alpha=alpha, format=fmt, grayscale=image.grayscale)
         data = encode_image(out, fmt, quality=request.quality)
@@ -318,5 +323,6 @@ class UpscalePlanner:
                 width=out.width,
                 height=out.height,
                 timings_ms={"assemble": round((time.perf_counter() - started) * 1000, 1)},
+                **nsfw.output_fields(screening),
             )
         ]

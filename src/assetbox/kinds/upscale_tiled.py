@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from assetbox.config import get_settings
 from assetbox.engine.blobs import blob_path
 from assetbox.engine.engine import TRANSIENT
 from assetbox.engine.planners import AssembledOutput, UnitContext
@@ -57,6 +58,7 @@ from assetbox.kinds.tiles import tile_plan as grid_plan
 from assetbox.logs import get_logger
 from assetbox.models.builtin import DEFAULT_UPSCALER
 from assetbox.models.store import FAMILIES, ModelManifest, ModelStore
+from assetbox.pipelines import nsfw
 
 log = get_logger("upscale")
 
@@ -571,6 +573,9 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
     alpha = None
     if image.alpha is not None:
         alpha = resize_lanczos(to_uint8(image.alpha), (plan.width, plan.height))
+    screening = nsfw.screen(out, get_settings())  # raises under `block`
+    if screening is not None:
+        out = screening.rgb
     fmt: ImageFormat = request.format or image.format
     data = encode_image(
         DecodedImage(rgb=out, alpha=alpha, format=fmt), fmt, quality=request.quality
@@ -593,6 +598,7 @@ def assemble(request: Any, results: Sequence[bytes], data_dir: Path) -> list[Ass
             seed=request.seed,
             timings_ms={"assemble": round((time.perf_counter() - started) * 1000, 1)} | peaks,
             summary=summary,
+            **nsfw.output_fields(screening),
         )
     ]
 

@@ -32,6 +32,9 @@ def present(job: Job, engine: Engine, *, b64: bool = False) -> JobPublic:
             timings_ms=o.timings_ms,
             b64=encode_base64(engine.output_path(job, o.index).read_bytes()) if b64 else None,
             upload=o.upload,
+            nsfw_detected=o.nsfw_detected,
+            nsfw_score=o.nsfw_score,
+            nsfw_detections=o.nsfw_detections,
         )
         for o in job.outputs
     ]

@@ -12,6 +12,7 @@ from assetbox.engine.jobs import (
     JobError,
     JobProgress,
     JobStatus,
+    NsfwDetection,
     UnitStatus,
     UploadOutcome,
     WebhookOutcome,
@@ -131,6 +132,16 @@ class OutputPublic(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     b64: str | None = None
     upload: UploadOutcome | None = None
+    nsfw_detected: bool | None = Field(
+        default=None,
+        description="the content check (ASSETBOX_NSFW) found a flagged class; null when it is off",
+    )
+    nsfw_score: float | None = Field(
+        default=None, description="the highest score of a flagged class (0 when none was found)"
+    )
+    nsfw_detections: list[NsfwDetection] = Field(
+        default_factory=list, description="every region the detector found, flagged or not"
+    )
 
 
 class JobPublic(BaseModel):
