@@ -921,11 +921,13 @@ GRACEFUL_SHUTDOWN_S = 2  # for open HTTP connections, before the engine stops
 def service_app(host: str, port: int):
     """The service `assetbox serve` runs: the API, and the web UI at /ui unless the `ui`
     setting is off. The UI drives this same service over HTTP, as it would from a laptop."""
+    from assetbox import compat
     from assetbox.config import get_settings
     from assetbox.server import create_app
 
     app = create_app()
     settings = get_settings()
+    compat.mount(app, settings)
     if settings.ui:
         from assetbox import ui
 

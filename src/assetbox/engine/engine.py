@@ -831,6 +831,7 @@ class Engine:
                 "latency_ms": round((time.monotonic() - run.started) * 1000, 1),
                 "peak_rss_mb": max(run.peak_before, _peak_rss_mb()),
                 "error": finished.error.code if finished.error else None,
+                **generation_fields(job.request, finished.outputs, finished.error),
             },
         )
 
@@ -853,6 +854,30 @@ class UnitResults(Sequence[bytes]):
         if isinstance(index, slice):
             return [path.read_bytes() for path in self._paths[index]]
         return self._paths[index].read_bytes()
+
+
+def generation_fields(
+    request: dict[str, Any], outputs: Sequence[JobOutput], error: JobError | None = None
+) -> dict[str, Any]:
+    """What the log line of a finished job says of the generation (the generation API's
+    fields): ``prompt`` (a job of one prompt: the text; of several: the list; an instruction
+    edit's instruction), ``model_id``, ``vram_peak_mb`` (the largest output's peak on CUDA; null
+    off CUDA) and ``nsfw_detected`` (any output flagged, or the job blocked for it; null with
+    the check off). Read from the request's and outputs' common fields, so that the engine
+    still knows no kind."""
+    prompts = request.get("prompts") or request.get("instruction")
+    if isinstance(prompts, list) and len(prompts) == 1:
+        prompts = prompts[0]
+    peaks = [o.timings_ms["peak_vram_mb"] for o in outputs if "peak_vram_mb" in o.timings_ms]
+    checked = [o.nsfw_detected for o in outputs if o.nsfw_detected is not None]
+    if error is not None and error.code == "nsfw_blocked":  # no output is stored then
+        checked.append(True)
+    return {
+        "prompt": prompts,
+        "model_id": request.get("model"),
+        "vram_peak_mb": max(peaks) if peaks else None,
+        "nsfw_detected": any(checked) if checked else None,
+    }
 
 
 def _peak_rss_mb() -> float:

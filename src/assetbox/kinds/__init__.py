@@ -13,6 +13,7 @@ from assetbox.engine.planners import Planner
 from assetbox.kinds.caption import CaptionPlanner
 from assetbox.kinds.edit import EditPlanner
 from assetbox.kinds.generate import GeneratePlanner
+from assetbox.kinds.load import LoadPlanner
 from assetbox.kinds.simulate import SimulatePlanner
 from assetbox.kinds.upscale import UpscalePlanner
 
@@ -24,5 +25,6 @@ PLANNERS: Mapping[str, Planner] = {
         EditPlanner(),
         CaptionPlanner(),
         SimulatePlanner(),
+        LoadPlanner(),
     )
 }

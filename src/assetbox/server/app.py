@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from assetbox import __version__
@@ -51,8 +52,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.metrics = Metrics()
     errors.install(app)
-    hashes = auth.key_hashes(settings)
-    docs.install(app, keys_required=bool(hashes))
+    gate = auth.make_gate(settings)
+    app.state.auth_gate = gate  # WebSocket routes ask it themselves (no HTTP middleware there)
+    docs.install(app, keys_required=gate.required)
 
     @app.middleware("http")
     async def request_context(
@@ -66,15 +68,21 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
         length = request.headers.get("content-length", "")
         response: Response
-        if (
-            hashes
-            and not open_path
-            and not auth.is_allowed(hashes, request.headers.get("authorization"))
-        ):
+        refusal = None
+        if not open_path:
+            authorization = request.headers.get("authorization")
+            refusal = (
+                await run_in_threadpool(gate.check, authorization)
+                if gate.blocking
+                else gate.check(authorization)
+            )
+        if refusal is not None:
             response = JSONResponse(
-                errors.error_body(request, "unauthorized", "a valid API key is required"),
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="assetbox"'},
+                errors.error_body(request, refusal.code, refusal.message),
+                status_code=refusal.status,
+                headers={"WWW-Authenticate": 'Bearer realm="assetbox"'}
+                if refusal.status == 401
+                else None,
             )
         elif length.isdigit() and int(length) > settings.max_request_bytes:
             # Refused from the header, before the body is read.

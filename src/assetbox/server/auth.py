@@ -1,11 +1,21 @@
-"""API keys: kept only as SHA-256 hashes, compared in constant time."""
+"""Who may call the API (``ASSETBOX_AUTH``): API keys, kept only as SHA-256 hashes and compared
+in constant time (`keys`); Hugging Face tokens, checked with the Hub's whoami (`hf`); or anyone
+(`none`). Each is a `Gate` the app's middleware asks before a request reaches a route."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from assetbox.config import Settings
+from assetbox.errors import InvalidInput
+from assetbox.logs import get_logger
+
+log = get_logger("auth")
 
 # The API's documentation needs no key: it shows what exists, not any data, and Swagger UI
 # must load before its "Authorize" button can take a key.
@@ -56,3 +66,147 @@ def is_allowed(hashes: list[bytes], authorization: str | None) -> bool:
     # Compare against every key, so the time taken does not tell which one nearly matched.
     matches = [hmac.compare_digest(offered, known) for known in hashes]
     return any(matches)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request may not pass: its HTTP status, error code and message."""
+
+    status: int
+    code: str
+    message: str
+
+
+class Gate(Protocol):
+    required: bool  # whether requests need a credential (the OpenAPI says so)
+    blocking: bool  # whether `check` may wait on the network (run it off the event loop)
+
+    def check(self, authorization: str | None) -> Refusal | None:
+        """None when the `Authorization` header lets the request pass."""
+        ...
+
+
+class OpenGate:
+    required = False
+    blocking = False
+
+    def check(self, authorization: str | None) -> Refusal | None:
+        return None
+
+
+class KeyGate:
+    required = True
+    blocking = False
+
+    def __init__(self, hashes: list[bytes]) -> None:
+        self.hashes = hashes
+
+    def check(self, authorization: str | None) -> Refusal | None:
+        if is_allowed(self.hashes, authorization):
+            return None
+        return Refusal(401, "unauthorized", "a valid API key is required")
+
+
+# Fine-grained tokens: the permission that reads model repositories (a classic token's `read`
+# and `write` roles both include it).
+HF_READ_PERMISSION = "repo.content.read"
+
+
+def hf_read_access(whoami: dict[str, Any]) -> bool:
+    """Whether the token whoami describes may read: a classic token's role `read` or `write`,
+    or a fine-grained token with `repo.content.read`, globally or on any entity."""
+    token = (whoami.get("auth") or {}).get("accessToken") or {}
+    role = token.get("role")
+    if role in ("read", "write"):
+        return True
+    if role != "fineGrained":
+        return False
+    grants = token.get("fineGrained") or {}
+    permissions = list(grants.get("global") or [])
+    for scope in grants.get("scoped") or []:
+        permissions += scope.get("permissions") or []
+    return HF_READ_PERMISSION in permissions
+
+
+class HubTokenGate:
+    """Bearer Hugging Face tokens, checked with `huggingface_hub.HfApi.whoami` against
+    ``HF_ENDPOINT`` (huggingface_hub reads it). Each token's answer is kept `cache_s` seconds,
+    a refusal a tenth of that, so the Hub (whose whoami is strictly rate-limited) is asked once
+    per token in that time; the cache is keyed by the token's SHA-256, not the token. A Hub
+    that cannot be reached answers 503, and that is not kept."""
+
+    required = True
+    blocking = True
+
+    def __init__(self, cache_s: float) -> None:
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            raise InvalidInput(
+                "ASSETBOX_AUTH=hf checks tokens with the Hugging Face Hub, but HF_HUB_OFFLINE "
+                "is set: unset it (or point HF_ENDPOINT at a reachable Hub)",
+                field="ASSETBOX_AUTH",
+            )
+        self.cache_s = cache_s
+        self._answers: dict[bytes, tuple[float, Refusal | None]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, authorization: str | None) -> Refusal | None:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return Refusal(401, "unauthorized", "a Hugging Face token is required (Bearer)")
+        key = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            expires, answer = self._answers.get(key, (0.0, None))
+            if expires > now:
+                return answer
+        answer, keep = self._ask(token)
+        if keep:
+            ttl = self.cache_s if answer is None else self.cache_s / 10
+            with self._lock:
+                self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
+                self._answers[key] = (time.monotonic() + ttl, answer)
+        return answer
+
+    def _ask(self, token: str) -> tuple[Refusal | None, bool]:
+        """The Hub's verdict on `token`, and whether to keep it."""
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            whoami = HfApi().whoami(token)
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 401:
+                return Refusal(401, "unauthorized", "the Hugging Face token is not valid"), True
+            log.warning("whoami failed", extra={"status": status, "error": str(exc)[:200]})
+            return Refusal(503, "auth_unavailable", "cannot check the token with the Hub"), False
+        except Exception as exc:  # the Hub unreachable (connection, timeout): ask again later
+            log.warning("whoami failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+            return Refusal(503, "auth_unavailable", "cannot check the token with the Hub"), False
+        if not hf_read_access(whoami):
+            return Refusal(403, "forbidden", "the Hugging Face token has no read access"), True
+        return None, True
+
+
+def make_gate(settings: Settings) -> Gate:
+    """The gate ``ASSETBOX_AUTH`` asks for (default: keys when any is configured, else none).
+
+    Raises:
+        InvalidInput: `keys` without any key configured; `hf` with the Hub set offline
+            (naming ``ASSETBOX_AUTH``).
+        OSError: the keys file cannot be read.
+    """
+    mode = settings.auth
+    if mode == "hf":
+        return HubTokenGate(settings.auth_cache_s)
+    hashes = key_hashes(settings) if mode in ("keys", None) else []
+    if mode == "keys" and not hashes:
+        raise InvalidInput(
+            "ASSETBOX_AUTH=keys but no key is configured (ASSETBOX_API_KEYS or "
+            "ASSETBOX_API_KEYS_FILE)",
+            field="ASSETBOX_AUTH",
+        )
+    return KeyGate(hashes) if hashes else OpenGate()
