@@ -139,6 +139,18 @@ def test_hf_tokens_pass_by_read_access_and_the_hub_is_asked_once_per_token(
         ):
             pass
         assert refused.value.code == 4403
+        with (  # and so does the job events' socket
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect("/v1/jobs/some-job/ws"),
+        ):
+            pass
+        assert refused.value.code == 4401
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            client.websocket_connect("/v1/jobs/some-job/ws", headers=bearer("hf_read")),
+        ):
+            pass
+        assert refused.value.code == 4404  # let in: there is no such job
         with client.websocket_connect("/v1/generate/ws", headers=bearer("hf_read")) as ws:
             ws.send_json({"prompt": "a cat"})  # accepted: the refusal is the request's own
             assert ws.receive_json() == {

@@ -36,6 +36,7 @@ from assetbox.engine.jobs import JobProgress, JobStatus
 from assetbox.errors import AssetboxError, InvalidInput, ModelError, NotFound
 from assetbox.kinds.diffusion import LoraRef
 from assetbox.models.store import model_store
+from assetbox.server import auth
 from assetbox.server.deps import EngineDep, SettingsDep
 from assetbox.server.present import MAX_WAIT_S, present
 from assetbox.server.submit import parse_json
@@ -225,15 +226,7 @@ def progress_fraction(progress: JobProgress) -> float:
 async def generate_ws(websocket: WebSocket) -> None:
     """Generate over a WebSocket: send a request, receive progress, then the result or an
     error; repeat. Closes with 4401/4403 when the auth refuses the `Authorization` header."""
-    gate = websocket.app.state.auth_gate
-    authorization = websocket.headers.get("authorization")
-    refusal = (
-        await run_in_threadpool(gate.check, authorization)
-        if gate.blocking
-        else gate.check(authorization)
-    )
-    if refusal is not None:
-        await websocket.close(code=4000 + refusal.status, reason=refusal.message)
+    if await auth.refuse_websocket(websocket):
         return
     await websocket.accept()
     engine: Engine = websocket.app.state.engine

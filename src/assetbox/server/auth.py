@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket
+
 from assetbox.config import Settings
 from assetbox.errors import InvalidInput
 from assetbox.logs import get_logger
@@ -210,3 +213,20 @@ def make_gate(settings: Settings) -> Gate:
             field="ASSETBOX_AUTH",
         )
     return KeyGate(hashes) if hashes else OpenGate()
+
+
+async def refuse_websocket(websocket: WebSocket) -> bool:
+    """Ask the app's gate about a WebSocket's `Authorization` header (the HTTP middleware never
+    sees WebSockets); when it refuses, close the socket before accepting it, with code 4000 +
+    the HTTP status (4401, 4403, 4503) and the reason, and return True."""
+    gate: Gate = websocket.app.state.auth_gate
+    authorization = websocket.headers.get("authorization")
+    refusal = (
+        await run_in_threadpool(gate.check, authorization)
+        if gate.blocking
+        else gate.check(authorization)
+    )
+    if refusal is None:
+        return False
+    await websocket.close(code=4000 + refusal.status, reason=refusal.message)
+    return True

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from assetbox.engine.engine import Engine
 from assetbox.engine.jobs import JobStatus
 from assetbox.errors import NotFound
+from assetbox.server import auth
 from assetbox.server.deps import EngineDep
 from assetbox.server.present import prefer_wait, present
 from assetbox.server.schemas import JobPublic, JobsPublic, UnitPublic, UnitsPublic
@@ -103,7 +104,10 @@ def job_events(
 
 @router.websocket("/{job_id}/ws")
 async def job_events_ws(websocket: WebSocket, job_id: str, since: int = 0) -> None:
-    """The same events as the SSE stream, one JSON message each; closes after the terminal one."""
+    """The same events as the SSE stream, one JSON message each; closes after the terminal one.
+    Refused (closed with 4401/4403) without the `Authorization` the API asks for."""
+    if await auth.refuse_websocket(websocket):
+        return
     engine: Engine = websocket.app.state.engine
     try:
         engine.get(job_id)
