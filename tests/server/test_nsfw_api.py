@@ -17,7 +17,10 @@ from skimage import data
 
 from assetbox.config import Settings, get_settings
 from assetbox.errors import ModelError
+from assetbox.models.importer import import_model
+from assetbox.models.store import ModelStore
 from assetbox.server import create_app
+from assetbox.testing.tiny_models import write
 from tests.utils.images import encode_pil
 
 
@@ -37,13 +40,14 @@ def serve(monkeypatch: pytest.MonkeyPatch, data_dir: Path, mode: str, classes: s
     return TestClient(create_app(Settings(data_dir=data_dir)))
 
 
-def upscale(client: TestClient) -> dict:
+def astronaut_b64() -> str:
     small = Image.fromarray(data.astronaut()).resize((128, 128), Image.Resampling.LANCZOS)
-    body = {
-        "image": base64.b64encode(encode_pil(np.asarray(small))).decode(),
-        "model": "realesr-animevideov3-x2",
-    }
-    response = client.post("/v1/upscale", json=body, headers={"Prefer": "wait=60"})
+    return base64.b64encode(encode_pil(np.asarray(small))).decode()
+
+
+def upscale(client: TestClient, **fields) -> dict:
+    body = {"image": astronaut_b64(), "model": "realesr-animevideov3-x2"} | fields
+    response = client.post("/v1/upscale", json=body, headers={"Prefer": "wait=120"})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -92,3 +96,26 @@ def test_without_the_extra_the_service_refuses_to_start(
         serve(monkeypatch, data_dir, "flag", None),
     ):
         pass
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_generate_and_the_diffusion_upscale_are_checked(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, tmp_path: Path
+) -> None:
+    import_model(ModelStore(data_dir / "models"), write("sd15", tmp_path / "tiny")[0])
+    with serve(monkeypatch, data_dir, "flag", "FACE_FEMALE") as client:
+        body = {"model": "tiny-sd15", "prompts": ["a face"], "width": 64, "height": 64}
+        generated = client.post(
+            "/v1/generate", json=body | {"steps": 1, "seed": 3}, headers={"Prefer": "wait=120"}
+        ).json()
+        # Strength 0 keeps the Lanczos pre-upscale, and with it her face.
+        tiled = upscale(
+            client, model="tiny-sd15", mode="diffusion", scale=2, tile=256, strength=0, steps=1
+        )
+    assert generated["status"] == "succeeded", generated
+    (noise,) = generated["outputs"]
+    assert noise["nsfw_detected"] is False and noise["nsfw_score"] == 0.0  # random pixels
+    assert tiled["status"] == "succeeded", tiled
+    (face,) = tiled["outputs"]
+    assert (face["width"], face["height"]) == (256, 256)
+    assert face["nsfw_detected"] is True and face["nsfw_score"] > 0.5
