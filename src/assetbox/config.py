@@ -168,19 +168,13 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(default=None, description="CLI: the API key for `server_url`.")
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
-    compat: bool = Field(
-        default=True,
-        description="Serve the foreign HTTP shapes of the services this product replaces "
-        "(compat/: the FLUX.2-klein and Qwen edit services' routes, the generation API's "
-        "/v1/models/load, /v1/loras/* and /v1/generate/ws) beside our own API.",
-    )
     compat: str = Field(
         default=",".join(COMPAT_SHAPES),
         description="The foreign HTTP shapes `assetbox serve` also answers (compat/), "
         "comma-separated: `flux` (the FLUX.2-klein service: POST /generate, POST /upscale, "
         "its fields in /health), `qwen_edit` (the Qwen edit service: POST /edit-image, "
         "GET /model-info, POST /model-config), `generation_api` (the generation API's "
-        "/v1/models/load, /v1/loras/*). Empty: none.",
+        "/v1/models/load, /v1/loras/*, /v1/generate/ws). Empty: none.",
     )
     compat_flux_model: str | None = Field(
         default=None,
