@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 # installs nothing.
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
+RUNPOD_STAMP := $(VENV)/.installed-runpod
+RUNPOD_VERSION := 1.12.0
 HOST ?= 127.0.0.1
 PORT ?= 7000
 # Extra pip arguments for torch (e.g. an index URL that serves CPU builds on another machine).
@@ -70,6 +72,24 @@ $(DEV_STAMP): $(SERVE_STAMP)
 		| grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
 	touch $(DEV_STAMP)
 
+# The `runpod` extra, for the RunPod worker's tests (tests/compat/test_runpod_worker.py), in
+# .venv beside Gradio: runpod 1.12 requires tomlkit>=0.15.1 and Gradio 6 tomlkit<0.15, which pip
+# will not install together. runpod uses tomlkit only in its own `runpod config` and `runpod
+# project` commands (writing ~/.runpod/config.toml and runpod.toml), never in
+# runpod.serverless, and `import runpod` works with Gradio's tomlkit 0.14. So runpod goes in
+# without its dependencies, then those (all but tomlkit) from runpod's own metadata; a second
+# venv would repeat torch and the models' libraries for this one pin. The worker's image
+# (Dockerfile.runpod) installs `.[runpod]` without `ui`, resolved as runpod asks.
+$(RUNPOD_STAMP): $(DEV_STAMP)
+	$(PIP) install -q --no-deps "runpod==$(RUNPOD_VERSION)" 2>&1 \
+		| grep -v "is ignored: it is neither a file nor a directory"; exit $${PIPESTATUS[0]}
+	$(BIN)/python -c "import importlib.metadata as m; print('\n'.join(r for r in \
+		m.requires('runpod') if not r.startswith('tomlkit')))" > $(VENV)/runpod-requirements.txt
+	$(PIP) install -q -r $(VENV)/runpod-requirements.txt 2>&1 | grep -v -e "is ignored: it is neither" \
+		-e "dependency resolver does not currently" -e "spandrel .* requires torchvision" \
+		-e "open-clip-torch .* requires" -e "runpod .* requires tomlkit"; exit $${PIPESTATUS[0]}
+	touch $(RUNPOD_STAMP)
+
 # Debian's headless Chromium for the browser tests, when no Chromium is on the PATH: Playwright
 # drives it (`playwright install` would download a browser of its own, which fails offline).
 chromium:
@@ -100,7 +120,7 @@ format: $(DEV_STAMP)
 # Two pytest workers, each taking whole files (module fixtures and in-file order kept): many tests
 # wait on subprocesses and servers, and on 2 cores the suite runs in 8 minutes instead of 11.
 PYTEST_ARGS ?= -n 2 --dist loadfile
-test: lint chromium
+test: lint chromium $(RUNPOD_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)

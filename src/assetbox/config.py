@@ -186,6 +186,14 @@ class Settings(BaseSettings):
         description="The checkpoint the Qwen edit shape's /edit-image runs (a store id); "
         "default: the store's only (or first) qwen_image_edit(_plus) checkpoint.",
     )
+    runpod_endpoint_id: str | None = Field(
+        default=None,
+        validation_alias="RUNPOD_ENDPOINT_ID",
+        description="Set by RunPod itself (RUNPOD_ENDPOINT_ID) on its serverless workers: the "
+        "worker (`python -m assetbox.runpod`) then reports progress to RunPod and keeps "
+        "data_dir on the network volume, /runpod-volume/assetbox, unless ASSETBOX_DATA_DIR "
+        "is set.",
+    )
     ui: bool = Field(
         default=True,
         description="`assetbox serve` serves the web UI at /ui (it needs the `ui` extra); the "
