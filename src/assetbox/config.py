@@ -181,6 +181,11 @@ class Settings(BaseSettings):
         description="The checkpoint the FLUX.2-klein shape's /generate runs (a store id); "
         "default: the store's only (or first) flux2_klein checkpoint.",
     )
+    compat_flux_upscaler: str = Field(
+        default="realesrgan-x4plus",
+        description="The upscaler the FLUX.2-klein shape's `upscale` and /upscale run (a store "
+        "id); default the seed's, Real-ESRGAN x4plus (built in).",
+    )
     compat_qwen_edit_model: str | None = Field(
         default=None,
         description="The checkpoint the Qwen edit shape's /edit-image runs (a store id); "

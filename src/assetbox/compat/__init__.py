@@ -22,7 +22,10 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
     for name in compat_names(settings.compat):
         module = import_module(SHAPES[name])
-        app.include_router(module.router)
+        if hasattr(module, "mount"):  # flux's /health must answer before ours: it places it
+            module.mount(app)
+        else:
+            app.include_router(module.router)
 
 
 # The module of each shape (config.COMPAT_SHAPES); each has a `router`.
