@@ -39,7 +39,10 @@ def client(sd15_models: Path, tmp_path: Path):
     store = ModelStore(tmp_path / "models")
     for entry in ("tiny-sd15", f"{LORA}.safetensors"):
         import_model(store, sd15_models / entry)
-    settings = Settings(data_dir=tmp_path, executor="thread", compat="generation_api")
+    # Results reused: a load must run all the same (its point is the worker's cache).
+    settings = Settings(
+        data_dir=tmp_path, executor="thread", compat="generation_api", reuse_results=True
+    )
     app = create_app(settings)
     compat.mount(app, settings)
     with TestClient(app) as test_client:
@@ -64,6 +67,12 @@ def test_model_load_and_the_active_loras(client: TestClient) -> None:
     assert client.get(f"/v1/jobs/{loaded.json()['job_id']}").json()["kind"] == "load"
     keys = client.app.state.engine.executor.loaded_models()  # the worker's model cache
     assert any(key.startswith("checkpoint:tiny-sd15:") for key in keys), keys
+    engine = client.app.state.engine
+    for cached in list(keys):
+        engine.executor.models.evict(cached)
+    again = client.post("/v1/models/load", json={"model_id": "tiny-sd15"}).json()
+    assert engine.get(again["job_id"]).reused_from is None
+    assert engine.executor.loaded_models() == keys  # loaded again, not a reused result
     missing = client.post("/v1/models/load", json={"model_id": "nope"})
     assert missing.status_code == 404 and missing.json()["field"] == "model"
 

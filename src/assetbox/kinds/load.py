@@ -35,6 +35,12 @@ class LoadPlanner:
         assert isinstance(request, LoadRequest)
         _checkpoint(request, data_dir)
 
+    def fill(self, request: BaseModel) -> BaseModel:
+        """A copy, so the engine treats the request as drawn at queueing: with
+        ``ASSETBOX_REUSE_RESULTS`` an identical earlier job's outputs stand in for a new job,
+        but a load's point is its effect on the worker, which an earlier job does not give."""
+        return request.model_copy()
+
     def plan(self, request: BaseModel, data_dir: Path) -> list[dict[str, Any]]:
         return [{}]
 
