@@ -26,7 +26,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from assetbox.compat.service_jobs import failure, one_model, run_job
+from assetbox.compat.service_jobs import failure, json_body, one_model, run_job
 from assetbox.engine.delivery import upload_outputs
 from assetbox.engine.inputs import check_url
 from assetbox.engine.jobs import Job
@@ -146,7 +146,7 @@ async def _upscale_job(request: Request, data: bytes, scale: int, fmt: str) -> J
     return await run_job(request, "upscale", body, {"image": data})
 
 
-@router.post("/generate")
+@router.post("/generate", openapi_extra=json_body(GenerateRequest))
 async def generate(request: Request) -> JSONResponse:
     """The seed's batch generation: each prompt's image (upscaled when asked) PUT to its
     upload URL; results per image with its seed and timings."""
@@ -230,7 +230,7 @@ async def _deliver(
     }
 
 
-@router.post("/upscale")
+@router.post("/upscale", openapi_extra=json_body(UpscaleRequest))
 async def upscale(request: Request) -> JSONResponse:
     """The seed's standalone upscale: fetch, Real-ESRGAN 2x or 4x, PUT to the upload URL."""
     started = time.perf_counter()

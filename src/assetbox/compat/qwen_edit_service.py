@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from assetbox.compat.service_jobs import failure, one_model, run_job
+from assetbox.compat.service_jobs import failure, json_body, one_model, run_job
 from assetbox.errors import AssetboxError, InvalidInput
 from assetbox.kinds.diffusion import defaults_for
 from assetbox.models.store import ModelManifest, model_store
@@ -138,7 +138,7 @@ def _edit(body: EditImageRequest, model: str, steps: int | None, rank: int | Non
     )
 
 
-@router.post("/edit-image")
+@router.post("/edit-image", openapi_extra=json_body(EditImageRequest))
 async def edit_image(request: Request) -> JSONResponse:
     """Edit an image by instruction; the edited image comes back as base64 PNG."""
     started = time.perf_counter()
@@ -214,7 +214,7 @@ def model_info(request: Request) -> JSONResponse:
         return _refused(request, exc)
 
 
-@router.post("/model-config")
+@router.post("/model-config", openapi_extra=json_body(ModelConfigRequest))
 async def model_config(request: Request) -> JSONResponse:
     """Choose the checkpoint (`model_version`), the default `rank` and `num_inference_steps`
     of later edits; answers as `/model-info`."""
