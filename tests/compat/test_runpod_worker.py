@@ -21,6 +21,7 @@ from PIL import Image
 
 from assetbox.compat import runpod_worker
 from assetbox.config import get_settings
+from assetbox.engine.jobs import JobStatus
 from assetbox.models.importer import import_model
 from assetbox.models.store import ModelStore
 
@@ -45,8 +46,8 @@ def data_dir_with(tiny: Path, data_dir: Path) -> Path:
     return data_dir
 
 
-def tile_b64(seed: int) -> str:
-    pixels = (np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8)
+def tile_b64(seed: int, size: int = 64) -> str:
+    pixels = (np.random.default_rng(seed).random((size, size, 3)) * 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
@@ -151,6 +152,8 @@ def exercise(run: Callable[[dict], dict], fail: Callable[[dict], str], tiny: Pat
     assert "`generation_params.denoising_strength`" in fail(
         upscale | {"generation_params": too_strong}
     )
+    odd = [*upscale["tiles"][:1], upscale["tiles"][1] | {"image_b64": tile_b64(3, size=60)}]
+    assert "`tiles.1.image_b64`" in fail(upscale | {"tiles": odd})  # 60 px: not a multiple of 8
     assert "`model_config.base_model`" in fail(
         upscale | {"model_config": upscale["model_config"] | {"base_model": "nope"}}
     )
@@ -186,6 +189,9 @@ def test_every_action_through_the_handler(worker_env: list, tiny: Path) -> None:
         return runpod_worker.handler({"id": "job-2", "input": action})["error"]
 
     exercise(run, fail, tiny)
+    # The upscale refused at its second tile (60 px) cancelled the first tile's job.
+    statuses = [j.status for j in runpod_worker.get_worker().engine.list(kind="edit")]
+    assert sum(s in (JobStatus.CANCELLED, JobStatus.CANCELLING) for s in statuses) == 1
     # On RunPod, the tiles done are reported through runpod's progress_update.
     assert {"done": 1, "total": 2} in worker_env
     assert {"done": 2, "total": 2} in worker_env

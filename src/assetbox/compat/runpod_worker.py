@@ -217,25 +217,24 @@ class RunpodWorker:
         if not captioners:
             raise WorkerError("no captioner in the model store; upload one with upload_model")
         images = [
-            self._image(tile.image_b64, f"tiles.{n}.image_b64")
+            self._image(tile.image_b64, f"tiles.{n}.image_b64")[0]
             for n, tile in enumerate(request.tiles)
         ]
         params = request.caption_params.model_dump(exclude_none=True)
         rename = {"system_prompt": "caption_params.system_prompt"}
         rename["max_tokens"] = "caption_params.max_tokens"
-        jobs = []
+        jobs: list[Job] = []
         for first in range(0, len(images), MAX_IMAGES):
             batch = images[first : first + MAX_IMAGES]
             body = {"model": captioners[0].id, **params}
             fields = {f"images.{n}": blob for n, blob in enumerate(batch)}
             body["images"] = [""] * len(batch)
-            jobs.append(
-                self._submit(
-                    "caption",
-                    body,
-                    fields,
-                    lambda f, first=first: _images_to_tiles(rename.get(f, f), first),
-                )
+            self._submit(
+                jobs,
+                "caption",
+                body,
+                fields,
+                lambda f, first=first: _images_to_tiles(rename.get(f, f), first),
             )
         captions = []
         for first, done in zip(
@@ -273,10 +272,19 @@ class RunpodWorker:
                 "conditioning_scale": config.controlnet.conditioning_scale,
             }
         body = {key: value for key, value in body.items() if value is not None}
-        jobs = []
-        for n, tile in enumerate(request.tiles):
-            image = self._image(tile.image_b64, f"tiles.{n}.image_b64")
+        # Every tile read and stored before any is submitted: a bad one leaves nothing running.
+        images = [
+            self._image(tile.image_b64, f"tiles.{n}.image_b64")
+            for n, tile in enumerate(request.tiles)
+        ]
+        jobs: list[Job] = []
+        for n, (tile, (image, (width, height))) in enumerate(
+            zip(request.tiles, images, strict=True)
+        ):
             prompt = tile.prompt_override or request.global_prompt
+            # At the tile's own size, given: the client pastes the tiles back where they came
+            # from, so a size the model cannot run is refused rather than rounded.
+            size = {"width": width, "height": height}
 
             def rename(field: str, n: int = n, own: bool = bool(tile.prompt_override)) -> str:
                 if field in ("image", "width", "height"):
@@ -288,8 +296,8 @@ class RunpodWorker:
                         return theirs + field[len(ours) :]
                 return field
 
-            jobs.append(
-                self._submit("edit", body | {"prompts": [prompt]}, {"image": image}, rename)
+            self._submit(
+                jobs, "edit", body | size | {"prompts": [prompt]}, {"image": image}, rename
             )
         tiles = []
         for tile, done in zip(request.tiles, self._wait(jobs, job), strict=True):
@@ -402,21 +410,31 @@ class RunpodWorker:
         except InvalidInput as exc:
             raise WorkerError(exc.message.replace(f"`{field}`", "").strip(" :"), field) from exc
 
-    def _image(self, text: str, field: str) -> str:
-        """The image stored as a blob (checked first: bombs and non-images are refused)."""
+    def _image(self, text: str, field: str) -> tuple[str, tuple[int, int]]:
+        """The image stored as a blob (checked first: bombs and non-images are refused), and its
+        size."""
         data = self._base64(text, field)
         try:
-            probe_image(data, field=field)
+            _, width, height = probe_image(data, field=field)
         except InvalidInput as exc:
             raise _refusal(exc, lambda f: field) from exc
-        return self.engine.put_blob(data)
+        return self.engine.put_blob(data), (width, height)
 
     def _submit(
-        self, kind: str, body: dict, images: dict[str, str], rename: Callable[[str], str]
-    ) -> Job:
+        self,
+        jobs: list[Job],
+        kind: str,
+        body: dict,
+        images: dict[str, str],
+        rename: Callable[[str], str],
+    ) -> None:
+        """Submit a job onto `jobs`; a refused one cancels those before it (one action, one
+        answer: nothing of a refused action runs on)."""
         try:
-            return self.engine.submit(kind, with_images(body, images))
+            jobs.append(self.engine.submit(kind, with_images(body, images)))
         except (InvalidInput, NotFound) as exc:
+            for submitted in jobs:
+                self.engine.cancel(submitted.id)
             raise _refusal(exc, rename) from exc
 
     def _wait(self, jobs: list[Job], job: dict) -> list[Job]:
