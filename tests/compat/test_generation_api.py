@@ -74,7 +74,7 @@ def test_model_load_and_the_active_loras(client: TestClient) -> None:
     assert engine.get(again["job_id"]).reused_from is None
     assert engine.executor.loaded_models() == keys  # loaded again, not a reused result
     missing = client.post("/v1/models/load", json={"model_id": "nope"})
-    assert missing.status_code == 404 and missing.json()["field"] == "model"
+    assert missing.status_code == 404 and missing.json()["field"] == "model_id"
 
     assert client.get("/v1/loras/list").json() == {"loras": []}
     listed = client.post("/v1/loras/load", json={"name": LORA, "weight": 0.8}).json()

@@ -101,7 +101,12 @@ async def load_model(request: Request, engine: EngineDep) -> ModelLoaded:
     """Load a checkpoint into a worker's model cache (a `load` job, waited for up to
     300 s); it becomes the model of this API's generations that name none."""
     body = parse_json(ModelLoad, await request.body())
-    job = await run_in_threadpool(engine.submit, "load", {"model": body.model_id})
+    try:
+        job = await run_in_threadpool(engine.submit, "load", {"model": body.model_id})
+    except (InvalidInput, NotFound) as exc:
+        if exc.field == "model":  # named as the client sent it
+            exc.field = "model_id"
+        raise
     job = await run_in_threadpool(engine.wait, job.id, MAX_WAIT_S)
     if job.status != JobStatus.SUCCEEDED:
         message = job.error.message if job.error else f"the load job is {job.status.value}"
