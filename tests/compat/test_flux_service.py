@@ -139,6 +139,25 @@ def test_generate_puts_each_image_upscaled_with_seeds_counting_up(
     assert first[1] != second[1]  # two seeds, two images
 
 
+def test_generate_without_upscale_puts_the_generated_image(
+    client: TestClient, bucket: Bucket
+) -> None:
+    request = {
+        "prompts": ["a lighthouse"],
+        "upload_urls": [f"{bucket.url}/lighthouse.jpg"],
+        "width": 80,
+        "height": 64,
+        "num_steps": 1,
+        "seed": 7,
+        "output_format": "jpeg",
+    }
+    (result,) = client.post("/generate", json=request).json()["results"]
+    assert result["success"] is True and result["seed"] == 7
+    assert (result["width"], result["height"], result["timing_upscale_ms"]) == (80, 64, None)
+    media_type, data = bucket.puts["/lighthouse.jpg"]
+    assert media_type == "image/jpeg" and size(data) == (80, 64)
+
+
 def test_upscale_by_four_reports_both_sizes(client: TestClient, bucket: Bucket) -> None:
     request = {
         "image_url": f"{bucket.url}/photo.png",
