@@ -89,6 +89,11 @@ def test_model_load_and_the_active_loras(client: TestClient) -> None:
     assert client.get("/v1/loras/list").json() == {"loras": []}
     again = client.post("/v1/loras/unload", json={"name": LORA})
     assert again.status_code == 404 and again.json()["field"] == "name"
+    missing_name = client.post("/v1/loras/load", json={"weight": 1})
+    assert missing_name.status_code == 422 and missing_name.json()["field"] == "name"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "requestBody" in paths["/v1/models/load"]["post"]
+    assert {"/v1/loras/load", "/v1/loras/unload", "/v1/loras/list"} <= set(paths)
     # Our own model routes beside /v1/models/load still answer as before.
     assert [m["id"] for m in client.get("/v1/models?kind=checkpoint").json()["data"]] == [
         "tiny-sd15"

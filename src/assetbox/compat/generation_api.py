@@ -39,7 +39,6 @@ from assetbox.models.store import model_store
 from assetbox.server import auth
 from assetbox.server.deps import EngineDep, SettingsDep
 from assetbox.server.present import MAX_WAIT_S, present
-from assetbox.server.submit import parse_json
 
 router = APIRouter(prefix="/v1", tags=["generation API (compat)"])
 
@@ -97,10 +96,9 @@ class LorasActive(BaseModel):
 
 
 @router.post("/models/load", response_model=ModelLoaded)
-async def load_model(request: Request, engine: EngineDep) -> ModelLoaded:
+async def load_model(body: ModelLoad, request: Request, engine: EngineDep) -> ModelLoaded:
     """Load a checkpoint into a worker's model cache (a `load` job, waited for up to
     300 s); it becomes the model of this API's generations that name none."""
-    body = parse_json(ModelLoad, await request.body())
     try:
         job = await run_in_threadpool(engine.submit, "load", {"model": body.model_id})
     except (InvalidInput, NotFound) as exc:
@@ -118,10 +116,9 @@ async def load_model(request: Request, engine: EngineDep) -> ModelLoaded:
 
 
 @router.post("/loras/load", response_model=LorasActive)
-async def load_lora(request: Request, settings: SettingsDep) -> LorasActive:
+def load_lora(body: LoraLoad, request: Request, settings: SettingsDep) -> LorasActive:
     """Make a LoRA (store id, weight) active for later generations; loading one again sets
     its weight."""
-    body = parse_json(LoraLoad, await request.body())
     model_store(settings).get(body.name, "lora", field="name")  # NotFound names `name`
     active = active_set(request.app)
     with active.lock:
@@ -130,9 +127,8 @@ async def load_lora(request: Request, settings: SettingsDep) -> LorasActive:
 
 
 @router.post("/loras/unload", response_model=LorasActive)
-async def unload_lora(request: Request, settings: SettingsDep) -> LorasActive:
+def unload_lora(body: LoraUnload, request: Request, settings: SettingsDep) -> LorasActive:
     """Drop a LoRA from the active set (404 naming `name` when it is not in it)."""
-    body = parse_json(LoraUnload, await request.body())
     active = active_set(request.app)
     with active.lock:
         if body.name not in active.loras:
