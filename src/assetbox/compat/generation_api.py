@@ -261,7 +261,7 @@ async def _generate(websocket: WebSocket, engine: Engine, message: Any, active: 
                     {"type": "progress", "progress": round(shown, 4), "step": progress.step}
                 )
     except (WebSocketDisconnect, asyncio.CancelledError):
-        await run_in_threadpool(engine.cancel, job.id)
+        engine.cancel(job.id)  # a brief store write; no await in a task being cancelled
         raise
     job = engine.get(job.id)
     if job.status == JobStatus.SUCCEEDED:
