@@ -206,6 +206,9 @@ def test_refusals_name_the_seeds_field(client: TestClient) -> None:
     assert answer.status_code == 422 and "`num_steps`" in answer.json()["detail"]
     answer = client.post("/upscale", json={"image_url": "not an image", "upload_url": "ftp://x"})
     assert answer.status_code == 422 and "`upload_url`" in answer.json()["detail"]
+    no_image = {"image_url": "aGVsbG8=", "upload_url": "http://127.0.0.1:9/a.png"}
+    answer = client.post("/upscale", json=no_image)
+    assert answer.status_code == 415 and "`image_url`" in answer.json()["detail"]
 
 
 def test_without_a_klein_checkpoint_generate_names_the_setting(tmp_path: Path) -> None:

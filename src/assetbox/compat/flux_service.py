@@ -31,6 +31,7 @@ from assetbox.engine.delivery import upload_outputs
 from assetbox.engine.inputs import check_url
 from assetbox.engine.jobs import Job
 from assetbox.errors import AssetboxError, InvalidInput, NotFound
+from assetbox.imaging import probe_image
 from assetbox.server.errors import status_for
 from assetbox.server.routers import health as our_health
 from assetbox.server.schemas import GenerateCreate, UpscaleCreate
@@ -243,6 +244,7 @@ async def upscale(request: Request) -> JSONResponse:
         fetch_started = time.perf_counter()
         data = await image_bytes(request, body.image_url, "image_url")
         download_ms = _ms(time.perf_counter() - fetch_started)
+        _, input_width, input_height = probe_image(data, field="image_url")
         job = await _upscale_job(request, data, body.scale, body.output_format)
     except AssetboxError as exc:
         return _refused(exc)
@@ -257,8 +259,8 @@ async def upscale(request: Request) -> JSONResponse:
         {
             "success": True,
             "output_url": _base_url(body.upload_url),
-            "input_width": round(output.width / scale) if output.width else None,
-            "input_height": round(output.height / scale) if output.height else None,
+            "input_width": input_width,
+            "input_height": input_height,
             "output_width": output.width,
             "output_height": output.height,
             "scale": scale,
