@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -152,3 +153,43 @@ def test_websocket_progress_then_result_with_the_active_lora_and_a_log_line(
 
 def _finished(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage() == "job finished" and r.kind == "generate"]
+
+
+def test_a_client_that_leaves_cancels_its_job(client: TestClient) -> None:
+    """Over a real server (uvicorn): TestClient's socket never fails a send after close."""
+    import asyncio
+    import socket
+    import threading
+
+    import uvicorn
+    from websockets.asyncio.client import connect
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(client.app, port=port, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    engine = client.app.state.engine
+    try:
+        while not server.started:
+            time.sleep(0.02)
+
+        async def leave_after_first_progress() -> None:
+            async with connect(f"ws://127.0.0.1:{port}/v1/generate/ws") as ws:
+                request = {"prompt": "a cat", "model_id": "tiny-sd15", **SMALL, "steps": 200}
+                await ws.send(json.dumps(request))
+                while json.loads(await ws.recv())["type"] != "progress":
+                    pass
+
+        asyncio.run(leave_after_first_progress())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            (job,) = engine.list(kind="generate")
+            if job.status.is_terminal():
+                break
+            time.sleep(0.05)
+        assert job.status == "cancelled"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
