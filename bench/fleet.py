@@ -1,0 +1,175 @@
+"""A fleet under mixed load: one long job, short jobs arriving while it runs, on shared workers.
+
+One job of `--large-units` sleeping units runs on `--workers` workers, alone first (the baseline,
+in the same run), then again while `--small` one-unit jobs arrive one by one, spread evenly over
+the baseline's makespan. Measured, in unit times where it says so:
+
+- each small job's wait: from its submission (the job's `created_at`) to its unit's start, the
+  moment the engine marks the unit running (`JobStore.start_unit`, which it calls as it hands the
+  unit to a worker; the bench listens to that call, as the unit table keeps no start time);
+- the large job's makespan (`created_at` to `finished_at`) with the small jobs against alone;
+- the fleet's efficiency: work / (workers x makespan), the work being units x unit time and the
+  makespan from the large job's submission to the last job's end; `occupancy` is the same with
+  the measured unit intervals (start to result stored) in place of the work.
+
+Prints one JSON line with the numbers and the issue's targets, each with whether it is met:
+p95 wait <= 2 unit times; efficiency >= 0.9; large makespan <= solo + small work / workers + 2
+unit times.
+
+    python bench/fleet.py --unit-seconds 0.5 --workers 4 --executor local
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from assetbox.config import Settings
+from assetbox.engine.engine import Engine
+from assetbox.engine.jobs import Job, JobStatus
+from assetbox.kinds import PLANNERS
+
+
+class UnitClock:
+    """When the engine starts and stores each unit, read off its store's calls."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.started: dict[tuple[str, int], datetime] = {}
+        self.finished: dict[tuple[str, int], datetime] = {}
+        self._lock = threading.Lock()
+        start_unit, finish_unit = engine.store.start_unit, engine.store.finish_unit
+
+        def started(job_id: str, index: int) -> int:
+            attempt = start_unit(job_id, index)
+            with self._lock:
+                self.started.setdefault((job_id, index), datetime.now(UTC))
+            return attempt
+
+        def finished(job_id: str, index: int, result_path: str) -> None:
+            finish_unit(job_id, index, result_path)
+            with self._lock:
+                self.finished[(job_id, index)] = datetime.now(UTC)
+
+        engine.store.start_unit = started  # type: ignore[method-assign]
+        engine.store.finish_unit = finished  # type: ignore[method-assign]
+
+    def first_start(self, job_id: str) -> datetime:
+        with self._lock:
+            return min(at for (job, _), at in self.started.items() if job == job_id)
+
+    def busy_s(self, job_ids: set[str]) -> float:
+        with self._lock:
+            return sum(
+                (self.finished[key] - at).total_seconds()
+                for key, at in self.started.items()
+                if key[0] in job_ids and key in self.finished
+            )
+
+
+def _makespan(job: Job) -> float:
+    assert job.status == JobStatus.SUCCEEDED, (job.id, job.status, job.error)
+    assert job.finished_at is not None
+    return (job.finished_at - job.created_at).total_seconds()
+
+
+def measure(
+    *, workers: int, large_units: int, small: int, unit_seconds: float, executor: str
+) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(
+            planners=PLANNERS,
+            settings=Settings(data_dir=Path(tmp), executor=executor, workers=workers),
+        )
+        try:
+            clock = UnitClock(engine)
+            # 1. Warm every worker, so neither run pays for starting them.
+            engine.wait(engine.submit("simulate", {"units": workers}).id, timeout=300)
+            large = {"units": large_units, "unit_seconds": unit_seconds}
+            one = {"units": 1, "unit_seconds": unit_seconds}
+            # 2. The baseline: the large job alone.
+            solo = _makespan(engine.wait(engine.submit("simulate", large).id, timeout=3600))
+            # 3. The fleet: the large job again, the small ones arriving spread over its solo
+            #    makespan (the first a gap after it, the last a gap before its solo end).
+            gap = solo / (small + 1)
+            fleet_start = time.monotonic()
+            big = engine.submit("simulate", large)
+            small_ids = []
+            for n in range(small):
+                time.sleep(max(0.0, fleet_start + gap * (n + 1) - time.monotonic()))
+                small_ids.append(engine.submit("simulate", one).id)
+            done = [engine.wait(job_id, timeout=3600) for job_id in [big.id, *small_ids]]
+            waits = [
+                (clock.first_start(job.id) - job.created_at).total_seconds() / unit_seconds
+                for job in done[1:]
+            ]
+            busy = clock.busy_s({job.id for job in done})
+        finally:
+            engine.close()
+    # 4. The numbers and the issue's targets.
+    large_makespan = _makespan(done[0])
+    assert all(job.finished_at is not None for job in done)
+    fleet_makespan = (max(j.finished_at for j in done) - done[0].created_at).total_seconds()  # type: ignore[type-var, operator]
+    work = (large_units + small) * unit_seconds
+    efficiency = work / (workers * fleet_makespan)
+    p95 = statistics.quantiles(waits, n=20, method="inclusive")[18] if len(waits) > 1 else waits[0]
+    large_limit = solo + small * unit_seconds / workers + 2 * unit_seconds
+    targets = {
+        "small_wait_p95_units": {"value": round(p95, 2), "at_most": 2.0, "met": p95 <= 2.0},
+        "efficiency": {"value": round(efficiency, 3), "at_least": 0.9, "met": efficiency >= 0.9},
+        "large_makespan_s": {
+            "value": round(large_makespan, 3),
+            "at_most": round(large_limit, 3),
+            "met": large_makespan <= large_limit,
+        },
+    }
+    return {
+        "executor": executor,
+        "workers": workers,
+        "unit_seconds": unit_seconds,
+        "large_units": large_units,
+        "small_jobs": small,
+        "arrival_gap_s": round(gap, 3),
+        "small_wait_units_p50": round(statistics.median(waits), 2),
+        "small_wait_units_p95": round(p95, 2),
+        "small_wait_units_max": round(max(waits), 2),
+        "large_solo_makespan_s": round(solo, 3),
+        "large_fleet_makespan_s": round(large_makespan, 3),
+        "large_makespan_vs_solo": round(large_makespan / solo, 3),
+        "fleet_makespan_s": round(fleet_makespan, 3),
+        "efficiency": round(efficiency, 3),
+        "occupancy": round(busy / (workers * fleet_makespan), 3),
+        "targets": targets,
+        "all_met": all(t["met"] for t in targets.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--unit-seconds", type=float, default=0.5)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--large-units", type=int, default=81)
+    parser.add_argument("--small", type=int, default=20)
+    parser.add_argument("--executor", default="local", choices=["local", "thread", "ray"])
+    args = parser.parse_args(argv)
+    if args.small < 1 or args.large_units < 1 or args.unit_seconds <= 0:
+        parser.error("--small and --large-units need at least 1, --unit-seconds more than 0")
+    row = measure(
+        workers=args.workers,
+        large_units=args.large_units,
+        small=args.small,
+        unit_seconds=args.unit_seconds,
+        executor=args.executor,
+    )
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":  # worker processes import the main module again
+    sys.exit(main())
