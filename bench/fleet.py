@@ -17,6 +17,7 @@ p95 wait <= 2 unit times; efficiency >= 0.9; large makespan <= solo + small work
 unit times.
 
     python bench/fleet.py --unit-seconds 0.5 --workers 4 --executor local
+    python bench/fleet.py --executor ray --ray-nodes 2   # a head and two worker nodes, here
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,14 +82,42 @@ def _makespan(job: Job) -> float:
     return (job.finished_at - job.created_at).total_seconds()
 
 
+@contextmanager
+def ray_cluster(nodes: int, workers: int) -> Iterator[str | None]:
+    """The address of a Ray cluster on this machine: a head that runs nothing and `nodes` worker
+    nodes sharing the workers' CPUs; none (a local instance the executor starts) for 0 nodes."""
+    if nodes == 0:
+        yield None
+        return
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for n in range(nodes):
+            cluster.add_node(num_cpus=workers // nodes + (n < workers % nodes))
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def measure(
-    *, workers: int, large_units: int, small: int, unit_seconds: float, executor: str
+    *,
+    workers: int,
+    large_units: int,
+    small: int,
+    unit_seconds: float,
+    executor: str,
+    ray_nodes: int = 0,
 ) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(
-            planners=PLANNERS,
-            settings=Settings(data_dir=Path(tmp), executor=executor, workers=workers),
+    with tempfile.TemporaryDirectory() as tmp, ray_cluster(ray_nodes, workers) as address:
+        settings = Settings(
+            data_dir=Path(tmp), executor=executor, workers=workers, ray_address=address
         )
+        engine = Engine(planners=PLANNERS, settings=settings)
         try:
             clock = UnitClock(engine)
             # 1. Warm every worker, so neither run pays for starting them.
@@ -131,6 +162,7 @@ def measure(
     }
     return {
         "executor": executor,
+        "ray_nodes": ray_nodes,
         "workers": workers,
         "unit_seconds": unit_seconds,
         "large_units": large_units,
@@ -157,7 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-units", type=int, default=81)
     parser.add_argument("--small", type=int, default=20)
     parser.add_argument("--executor", default="local", choices=["local", "thread", "ray"])
+    parser.add_argument(
+        "--ray-nodes",
+        type=int,
+        default=0,
+        help="with --executor ray: worker nodes of a Ray cluster started on this machine "
+        "(ray.cluster_utils.Cluster); 0 runs on a local Ray instance",
+    )
     args = parser.parse_args(argv)
+    if args.ray_nodes and (args.executor != "ray" or not 0 < args.ray_nodes <= args.workers):
+        parser.error("--ray-nodes needs --executor ray and at most --workers nodes")
     if args.small < 1 or args.large_units < 1 or args.unit_seconds <= 0:
         parser.error("--small and --large-units need at least 1, --unit-seconds more than 0")
     row = measure(
@@ -166,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         small=args.small,
         unit_seconds=args.unit_seconds,
         executor=args.executor,
+        ray_nodes=args.ray_nodes,
     )
     print(json.dumps(row))
     return 0
