@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(
         default=1000, ge=1, description="Past this many queued jobs, submit refuses (429)."
     )
+    max_running_jobs_per_key: int = Field(
+        default=0,
+        ge=0,
+        description="Running jobs one API key may have at once (0: no limit); its further jobs "
+        "wait in the queue while other keys' jobs run.",
+    )
     unit_max_attempts: int = Field(
         default=3, ge=1, description="Attempts of a unit that fails with a transient error."
     )

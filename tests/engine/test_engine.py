@@ -262,7 +262,7 @@ def test_an_old_schema_is_migrated(tmp_path: Path) -> None:
     db.commit()
     db.close()
     store = JobStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     old = store.get("old")
     assert old.status == JobStatus.SUCCEEDED and old.delivery is None and old.webhook is None
-    assert old.result is None
+    assert old.result is None and old.priority == 1 and old.api_key is None

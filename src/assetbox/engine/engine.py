@@ -2,8 +2,9 @@
 
 One scheduler thread owns the running jobs. It takes queued jobs as workers come free, plans each
 job's units once (recorded in SQLite, planning on a thread of its own), hands units to free
-workers with a fair share between jobs (the job with the fewest units running goes first, so a
-one-unit job gets a worker within about one unit's time however long the others are), writes
+workers by priority, then with a fair share between API keys, then between jobs (the job with
+the fewest units running goes first, so a one-unit job gets a worker within about one unit's time
+however long the others are), writes
 each result atomically as it arrives and, when all are in, assembles the outputs (again on a
 thread of its own). After a crash, `Engine()` on the same data directory puts interrupted jobs
 back in the queue, and only their missing units run again.
@@ -49,6 +50,7 @@ from assetbox.engine.executors import (
     worker_cache,
 )
 from assetbox.engine.jobs import (
+    PRIORITIES,
     Delivery,
     Job,
     JobError,
@@ -57,6 +59,7 @@ from assetbox.engine.jobs import (
     JobProgress,
     JobStatus,
     NsfwDetection,
+    Priority,
     Unit,
     UnitStatus,
 )
@@ -206,8 +209,12 @@ class Engine:
         *,
         idempotency_key: str | None = None,
         delivery: Delivery | dict[str, Any] | None = None,
+        priority: Priority = "normal",
+        api_key: str | None = None,
     ) -> Job:
-        """Validate and queue a job.
+        """Validate and queue a job. `priority` ranks it against other jobs (higher first);
+        `api_key` is the id of the key that sent it, for the fair share between keys and
+        `max_running_jobs_per_key`.
 
         Raises:
             InvalidInput: unknown kind or an invalid request (the field is named).
@@ -245,8 +252,19 @@ class Engine:
                     f"{self.settings.max_queued_jobs})",
                     retry_after_s=self._retry_after(queued),
                 )
+        if priority not in PRIORITIES:
+            raise InvalidInput(
+                f"`priority` must be one of low, normal, high but is {priority!r}",
+                field="priority",
+            )
         job, new = self.store.create_job(
-            kind, validated.model_dump(mode="json"), digest, idempotency_key, delivery
+            kind,
+            validated.model_dump(mode="json"),
+            digest,
+            idempotency_key,
+            delivery,
+            priority=PRIORITIES[priority],
+            api_key=api_key,
         )
         if new and self.settings.reuse_results and not drawn:  # a random draw is not a repeat
             earlier = self.store.find_reusable(kind, digest)
@@ -523,14 +541,30 @@ class Engine:
             if not run.running:
                 self._runs.pop(run.job.id, None)
 
-    # Fair share: every free worker goes to the job with the fewest units in flight, among
-    # equals to the one served least recently (round robin), then the oldest. A queued job has
-    # none in flight and was never served, so it is taken as soon as a worker frees up, even
-    # with one worker behind a long job; while it plans, that worker waits for it (planning
-    # takes a moment, a unit of the long job may take a minute). One job plans at a time.
+    # Fair share: every free worker goes to the best-ranked job: the highest priority first;
+    # among equals, the job whose API key has the fewest units in flight (a key with one job is
+    # not starved by a key with twenty); then the job with the fewest units in flight, then the
+    # one served least recently (round robin), then the oldest. A queued job ranks as a job
+    # with none in flight that was never served, so it is taken (planned) as soon as a worker
+    # frees up if it ranks above every running job's next unit, even with one worker behind a
+    # long job; while it plans, that worker waits for it (planning takes a moment, a unit of
+    # the long job may take a minute). One job plans at a time. A key at
+    # `max_running_jobs_per_key` running jobs has its queued ones wait.
     def _dispatch(self) -> None:
         free = self.executor.workers - sum(len(r.running) for r in self._runs.values())
         while free > 0:
+            in_flight: dict[str | None, int] = {}
+            jobs_of: dict[str | None, int] = {}
+            for r in self._runs.values():
+                in_flight[r.job.api_key] = in_flight.get(r.job.api_key, 0) + len(r.running)
+                jobs_of[r.job.api_key] = jobs_of.get(r.job.api_key, 0) + 1
+
+            def rank(
+                job: Job, running: int, last_served: float, load: dict[str | None, int] = in_flight
+            ) -> tuple[Any, ...]:
+                key_load = load.get(job.api_key, 0)
+                return (-job.priority, key_load, running, last_served, job.created_at, job.id)
+
             candidates = [
                 r
                 for r in self._runs.values()
@@ -539,21 +573,30 @@ class Engine:
             ]
             best = min(
                 candidates,
-                key=lambda r: (len(r.running), r.last_served, r.job.created_at, r.job.id),
+                key=lambda r: rank(r.job, len(r.running), r.last_served),
                 default=None,
             )
             planning = any(r.phase == "planning" for r in self._runs.values())
-            never_served = best is not None and not best.running and best.last_served < 0
-            if not planning and not never_served:
-                # A read first: the write transaction only when there is a job to take.
-                oldest = self.store.oldest_queued()
-                job = self.store.next_queued(oldest.id) if oldest is not None else None
-                if job is not None:
-                    try:
-                        self._activate(job)
-                    except Exception as exc:  # e.g. a kind this version no longer has
-                        self._runs.pop(job.id, None)
-                        self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
+            if not planning:
+                limit = self.settings.max_running_jobs_per_key
+                heads = [
+                    job
+                    for job in self.store.queued_heads()  # a read; the write only to take one
+                    if not limit or jobs_of.get(job.api_key, 0) < limit
+                ]
+                head = min(heads, key=lambda j: rank(j, 0, float("-inf")), default=None)
+                if head is not None and (
+                    best is None
+                    or rank(head, 0, float("-inf"))
+                    < rank(best.job, len(best.running), best.last_served)
+                ):
+                    job = self.store.next_queued(head.id)
+                    if job is not None:
+                        try:
+                            self._activate(job)
+                        except Exception as exc:  # e.g. a kind this version no longer has
+                            self._runs.pop(job.id, None)
+                            self.store.finish(job.id, JobStatus.FAILED, error=_error(exc))
                     continue  # it is a candidate now (planning)
             if best is None or best.phase == "planning":
                 return  # the worker waits for the job that plans

@@ -123,6 +123,13 @@ class Job(BaseModel):
     webhook: WebhookOutcome | None = None
     # What the kind reports beside its files, e.g. a caption job's captions.
     result: dict[str, Any] | None = None
+    priority: int = 1  # PRIORITIES' value: 0 low, 1 normal, 2 high
+    api_key: str | None = None  # the id (not the secret) of the API key that submitted it
+
+
+# A job request's `priority`, as the scheduler ranks it (higher first).
+PRIORITIES: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
+Priority = Literal["low", "normal", "high"]
 
 
 class Unit(BaseModel):

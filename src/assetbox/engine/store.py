@@ -77,6 +77,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: what a kind reports on the job itself (captions), beside its output files.
     "ALTER TABLE jobs ADD COLUMN result TEXT",
+    # 4: scheduling: the job's priority (0 low, 1 normal, 2 high) and the API key that sent it.
+    """
+    ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN api_key TEXT
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -147,6 +152,9 @@ class JobStore:
         request_hash: str,
         idempotency_key: str | None = None,
         delivery: Delivery | None = None,
+        *,
+        priority: int = 1,
+        api_key: str | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; returns it and whether it is new.
 
@@ -171,7 +179,8 @@ class JobStore:
             job_id = uuid.uuid4().hex
             db.execute(
                 "INSERT INTO jobs (id, kind, status, request, request_hash, idempotency_key, "
-                "created_at, progress, delivery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, progress, delivery, priority, api_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     kind,
@@ -182,6 +191,8 @@ class JobStore:
                     _now(),
                     JobProgress().model_dump_json(),
                     delivery.model_dump_json() if delivery else None,
+                    priority,
+                    api_key,
                 ),
             )
             self._event(db, job_id, "status", {"status": JobStatus.QUEUED.value})
@@ -245,6 +256,18 @@ class JobStore:
                 (JobStatus.QUEUED.value,),
             ).fetchone()
         return self._job(row) if row else None
+
+    def queued_heads(self) -> list[Job]:
+        """Each API key's first queued job (highest priority, then oldest; jobs without a key
+        count as one key), left queued: what the scheduler chooses from."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY api_key "
+                "ORDER BY priority DESC, created_at, id) AS rank FROM jobs WHERE status = ?) "
+                "WHERE rank = 1 ORDER BY priority DESC, created_at, id",
+                (JobStatus.QUEUED.value,),
+            ).fetchall()
+        return [self._job(row) for row in rows]
 
     def next_queued(self, job_id: str | None = None) -> Job | None:
         """The oldest queued job (or `job_id` if it is still queued), marked running (one
@@ -551,6 +574,8 @@ class JobStore:
             delivery=Delivery.model_validate_json(row["delivery"]) if row["delivery"] else None,
             webhook=WebhookOutcome.model_validate_json(row["webhook"]) if row["webhook"] else None,
             result=json.loads(row["result"]) if row["result"] else None,
+            priority=row["priority"],
+            api_key=row["api_key"],
         )
 
     @staticmethod

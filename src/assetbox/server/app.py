@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         length = request.headers.get("content-length", "")
         response: Response
         refusal = None
+        auth.CALLER.set(auth.key_id(request.headers.get("authorization")))
         if not open_path:
             authorization = request.headers.get("authorization")
             refusal = (

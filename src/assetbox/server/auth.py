@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +46,20 @@ def is_open(path: str) -> bool:
         or path == UI_PATH
         or path.startswith(UI_PATH + "/")
     )
+
+
+# The id of the key the current request carries (the app's middleware sets it): jobs record it
+# for the fair share between keys and ASSETBOX_MAX_RUNNING_JOBS_PER_KEY.
+CALLER: ContextVar[str | None] = ContextVar("assetbox_caller", default=None)
+
+
+def key_id(authorization: str | None) -> str | None:
+    """A Bearer token's id: 16 hex digits of its SHA-256, so the store never holds the key
+    (None without one: such jobs share as one key)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return hashlib.sha256(token.strip().encode()).hexdigest()[:16]
 
 
 def key_hashes(settings: Settings) -> list[bytes]:

@@ -22,7 +22,8 @@ from assetbox.kinds.diffusion import GenerateOptions
 from assetbox.kinds.edit import EditOptions
 from assetbox.kinds.upscale import UpscaleOptions
 
-DELIVERY_FIELDS = {"response_format", "webhook_url", "webhook_events", "upload_urls"}
+# JobCreate's fields: how the job is run and delivered, not part of the kind's request.
+DELIVERY_FIELDS = {"response_format", "webhook_url", "webhook_events", "upload_urls", "priority"}
 
 
 class JobCreate(BaseModel):
@@ -30,6 +31,11 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    priority: Literal["low", "normal", "high"] = Field(
+        default="normal",
+        description="with the workers busy, a higher priority's units go first; among equal "
+        "priorities workers are shared between API keys, then between jobs",
+    )
     response_format: Literal["url", "b64"] = "url"
     webhook_url: str | None = Field(
         default=None, description="POSTed the terminal event, signed (X-Assetbox-Signature)"

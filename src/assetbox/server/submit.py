@@ -17,6 +17,7 @@ from assetbox.engine.engine import Engine
 from assetbox.engine.inputs import fetch_url
 from assetbox.errors import InvalidInput
 from assetbox.imaging import decode_base64, probe_image
+from assetbox.server.auth import CALLER
 from assetbox.server.present import prefer_wait, present
 from assetbox.server.schemas import JobCreate, JobPublic
 
@@ -324,6 +325,8 @@ async def submit_job(
     for field, data in images.items():
         probe_image(data, field=field)
 
+    caller = CALLER.get()
+
     def submit():
         blobs = {field: engine.put_blob(data) for field, data in images.items()}
         return engine.submit(
@@ -331,6 +334,8 @@ async def submit_job(
             with_images(request, blobs),
             idempotency_key=idempotency_key,
             delivery=body.delivery(),
+            priority=body.priority,
+            api_key=caller,
         )
 
     job = await run_in_threadpool(submit)
