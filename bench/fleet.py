@@ -1,8 +1,8 @@
 """A fleet under mixed load: one long job, short jobs arriving while it runs, on shared workers.
 
 One job of `--large-units` sleeping units runs on `--workers` workers, alone first (the baseline,
-in the same run), then again while `--small` one-unit jobs arrive one by one, spread evenly over
-the baseline's makespan. Measured, in unit times where it says so:
+in the same run), then again while `--small` one-unit jobs arrive one by one at random moments
+(`--seed`) of the baseline's makespan. Measured, in unit times where it says so:
 
 - each small job's wait: from its submission (the job's `created_at`) to its unit's start, the
   moment the engine marks the unit running (`JobStore.start_unit`, which it calls as it hands the
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -112,6 +113,7 @@ def measure(
     unit_seconds: float,
     executor: str,
     ray_nodes: int = 0,
+    seed: int = 0,
 ) -> dict:
     with tempfile.TemporaryDirectory() as tmp, ray_cluster(ray_nodes, workers) as address:
         settings = Settings(
@@ -126,14 +128,16 @@ def measure(
             one = {"units": 1, "unit_seconds": unit_seconds}
             # 2. The baseline: the large job alone.
             solo = _makespan(engine.wait(engine.submit("simulate", large).id, timeout=3600))
-            # 3. The fleet: the large job again, the small ones arriving spread over its solo
-            #    makespan (the first a gap after it, the last a gap before its solo end).
-            gap = solo / (small + 1)
+            # 3. The fleet: the large job again, the small ones arriving at random moments of
+            #    its solo makespan. Not evenly spaced: its units run in step, so arrivals a
+            #    fixed gap apart would all meet the same phase of a unit and wait alike.
+            rng = random.Random(seed)
+            arrivals = sorted(rng.uniform(0, solo) for _ in range(small))
             fleet_start = time.monotonic()
             big = engine.submit("simulate", large)
             small_ids = []
-            for n in range(small):
-                time.sleep(max(0.0, fleet_start + gap * (n + 1) - time.monotonic()))
+            for at in arrivals:
+                time.sleep(max(0.0, fleet_start + at - time.monotonic()))
                 small_ids.append(engine.submit("simulate", one).id)
             done = [engine.wait(job_id, timeout=3600) for job_id in [big.id, *small_ids]]
             waits = [
@@ -167,7 +171,7 @@ def measure(
         "unit_seconds": unit_seconds,
         "large_units": large_units,
         "small_jobs": small,
-        "arrival_gap_s": round(gap, 3),
+        "seed": seed,
         "small_wait_units_p50": round(statistics.median(waits), 2),
         "small_wait_units_p95": round(p95, 2),
         "small_wait_units_max": round(max(waits), 2),
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--large-units", type=int, default=81)
     parser.add_argument("--small", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="of the small jobs' arrivals")
     parser.add_argument("--executor", default="local", choices=["local", "thread", "ray"])
     parser.add_argument(
         "--ray-nodes",
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         unit_seconds=args.unit_seconds,
         executor=args.executor,
         ray_nodes=args.ray_nodes,
+        seed=args.seed,
     )
     print(json.dumps(row))
     return 0
