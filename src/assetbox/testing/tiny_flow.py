@@ -19,18 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from assetbox.testing.tiny_parts import LORA_RANK, flux_vae, random_lora_pairs
+from assetbox.testing.tiny_qwen import QWEN3_CHAT_TEMPLATE
 
 FLOW_FAMILIES = ("qwen_image", "qwen_image_edit", "qwen_image_edit_plus", "z_image")
 _WIDTH = 16  # the text encoders' hidden size = the transformers' text input width
-# Qwen3's chat template, cut to what ZImagePipeline renders: one user turn, the generation
-# prompt, and with `enable_thinking` false the empty thinking block Qwen3 writes.
-QWEN3_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}"
-    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)
 
 
 def _qwen2_5_vl_text_encoder():

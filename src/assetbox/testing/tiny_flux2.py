@@ -29,21 +29,13 @@ import os
 from typing import Any
 
 from assetbox.testing.tiny_parts import random_lora_pairs
+from assetbox.testing.tiny_qwen import QWEN3_CHAT_TEMPLATE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # The text encoder's hidden states the pipeline stacks by default (9, 18, 27): 27 layers at least.
 TEXT_LAYERS = 27
 TEXT_HIDDEN = 16
-# Qwen3's chat template, reduced to what the klein pipeline renders: one user turn, the assistant
-# prompt, and the empty thinking block Qwen3 writes when ``enable_thinking`` is false.
-QWEN3_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}"
-    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)
 
 
 def _vae():

@@ -99,3 +99,14 @@ def qwen_tokenizer():
         [AddedToken(t, special=True) for t in QWEN_SPECIAL_TOKENS], special_tokens=True
     )
     return tokenizer
+
+
+# Qwen3's chat template, cut to what the Z-Image and FLUX.2 klein pipelines render: one user turn,
+# the generation prompt, and with `enable_thinking` false the empty thinking block Qwen3 writes.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
