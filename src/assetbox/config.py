@@ -83,6 +83,41 @@ class Settings(BaseSettings):
     ray_cpus_per_worker: float = Field(
         default=1, gt=0, description="CPUs each Ray worker reserves on a cluster without GPUs."
     )
+    ray_gpus_per_worker: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs each Ray worker reserves; default: 1 when the cluster has GPUs, else 0 "
+        "(set it to 1 where GPU nodes are only started by the autoscaler).",
+    )
+    ray_max_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Ray: at most this many workers (actors). 0: one per GPU (or per "
+        "ray_cpus_per_worker CPUs on a cluster without GPUs) on every node, following nodes as "
+        "they join and leave. Without ray_address, a local Ray instance of `workers` is started.",
+    )
+    ray_autoscale: bool = Field(
+        default=False,
+        description="Ray: when units wait, ask Ray's autoscaler for more workers "
+        "(request_resources); after ray_idle_s without work, release idle workers and withdraw "
+        "the request so that idle nodes can go.",
+    )
+    ray_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Ray with ray_autoscale: seconds without waiting units before idle workers "
+        "are released.",
+    )
+    worker_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "assetbox" / "worker",
+        description="On a Ray worker node: its own cache of the models (by sha256) and input "
+        "images shipped from the head. Workers never use the head's data directory.",
+    )
+    shared_models_dir: Path | None = Field(
+        default=None,
+        description="On a Ray worker node: a folder laid out as the store's `models/` (e.g. a "
+        "volume every node mounts); models are read from it instead of being shipped.",
+    )
     max_queued_jobs: int = Field(
         default=1000, ge=1, description="Past this many queued jobs, submit refuses (429)."
     )

@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="session")
 def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -98,16 +98,15 @@ def test_ray_runs_an_upscale_job(ray_instance, builtin_store, tmp_path: Path) ->
 
 
 def test_units_go_to_a_free_worker_that_holds_their_model() -> None:
-    from assetbox.engine.ray_executor import RayExecutor
+    from assetbox.engine.ray_executor import RayExecutor, _Slot
 
     executor = RayExecutor.__new__(RayExecutor)  # only the routing, no actors
-    executor._busy = [False, False, True]
-    executor._warm = ["model-a", "model-b", "model-b"]
-    assert executor._pick("model-b") == 1  # warm and free
-    assert executor._pick("model-c") == 0  # nobody holds it: the first free one
-    executor._busy = [True, True, True]
-    with pytest.raises(RuntimeError, match="no free Ray worker"):
-        executor._pick("model-a")
+    executor._node_models = {"node-2": {"model-c"}}
+    a, b = _Slot(None, False, "node-1", "model-a"), _Slot(None, False, "node-1", "model-b")
+    c = _Slot(None, False, "node-2", None)
+    assert executor._pick([a, b, c], "model-b") is b  # warm
+    assert executor._pick([a, b, c], "model-c") is c  # its node has the files
+    assert executor._pick([a, b, c], "model-d") is a  # nobody holds it: the first free one
 
 
 def test_ray_units_report_steps_and_stop_when_cancelled(ray_engine: Engine) -> None:

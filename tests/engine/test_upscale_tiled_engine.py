@@ -79,7 +79,7 @@ def test_the_same_bytes_for_one_or_two_workers_local_or_ray(data_dir: Path, tmp_
         shutil.copytree(data_dir, copy)
         owned = settings.get("executor") == "ray" and not ray.is_initialized()
         if owned:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             outputs[name], _, _ = run(copy, **settings)
         finally:

