@@ -583,7 +583,7 @@ class Engine:
                 key_load = load.get(job.api_key, 0)
                 model = request_model(job.request)
                 if model is not None and model in warm:
-                    running = running - AFFINITY_BONUS  # TMP
+                    running = max(running - AFFINITY_BONUS, 0)
                 return (-job.priority, key_load, running, last_served, job.created_at, job.id)
 
             candidates = [

@@ -12,12 +12,14 @@ unit that does not stop at its next step.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,10 +50,15 @@ class UnitTask:
         return self.planner.kind
 
 
+def request_model(request: Mapping[str, Any]) -> str | None:
+    """The model a job's request names (its ``model``), or None: what a warm worker holds."""
+    model = request.get("model")
+    return str(model) if model is not None else None
+
+
 def model_key(task: UnitTask) -> str | None:
     """The model a unit needs (its request's ``model``), for routing to a warm worker."""
-    model = task.request.get("model")
-    return str(model) if model is not None else None
+    return request_model(task.request)
 
 
 def run_task(
@@ -76,6 +83,14 @@ def run_task(
 
 
 class Executor(Protocol):
+    """What the engine needs of an executor.
+
+    Optional: ``idle_models() -> list[str | None]``, the model key (`model_key`) each free
+    worker last ran, None for a fresh one, in the order the executor hands free workers to a
+    unit whose model none of them holds. The engine's scheduler prefers jobs whose model a free
+    worker holds (model affinity); an executor without it is taken to have no warm worker.
+    """
+
     workers: int
 
     def start(self) -> None:
@@ -148,9 +163,21 @@ class _ThreadUnit:
     future: Future[bytes]
 
 
+@dataclass
+class _ThreadSlot:
+    """One worker thread: its inbox, the unit given to it (waiting or running), its model."""
+
+    index: int
+    inbox: queue.Queue[_ThreadUnit | None] = field(default_factory=queue.Queue)
+    unit: _ThreadUnit | None = None
+    warm: str | None = None  # the model of the last unit it took
+    thread: threading.Thread | None = None
+
+
 class ThreadExecutor:
     """`workers` threads in this process sharing one model cache (they share the device), each
-    with its own scratch cache.
+    with its own scratch cache. A unit goes to a free thread that ran its model last, else to a
+    fresh one, else to any free one (as the process executor routes).
 
     A thread cannot be killed: `abort` fails the unit's future at once and starts a new thread in
     its place, while the abandoned one runs on until its unit returns (its result is dropped) and
@@ -160,11 +187,10 @@ class ThreadExecutor:
     def __init__(self, workers: int = 1, *, model_cache: ModelCache | None = None) -> None:
         self.workers = workers
         self.models = model_cache or worker_cache(None)
-        self._queue: queue.Queue[_ThreadUnit | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._abandoned: set[int] = set()  # thread idents whose unit was given up
-        self._running: dict[int, Future[bytes]] = {}  # thread ident -> its unit's future
+        self._slots: list[_ThreadSlot] = []  # the live workers (abandoned ones leave it)
+        self._threads: list[threading.Thread] = []  # every thread started, to join at close
+        self._names = itertools.count(1)
         self._started = False
         self._closed = False
 
@@ -173,41 +199,58 @@ class ThreadExecutor:
             if self._started:
                 return
             self._started = True
-        for _ in range(self.workers):
-            self._add_thread()
+            slots = [self._new_slot() for _ in range(self.workers)]
+        for slot in slots:
+            assert slot.thread is not None
+            slot.thread.start()
 
-    def _add_thread(self) -> None:
-        thread = threading.Thread(target=self._work, name="assetbox-worker", daemon=True)
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
+    def _new_slot(self) -> _ThreadSlot:
+        """A worker (under the lock; its thread is started by the caller, after it)."""
+        slot = _ThreadSlot(next(self._names))
+        slot.thread = threading.Thread(
+            target=self._work, args=(slot,), name=f"assetbox-worker-{slot.index}", daemon=True
+        )
+        self._slots.append(slot)
+        self._threads.append(slot.thread)
+        return slot
 
-    def _work(self) -> None:
+    def _free(self) -> list[_ThreadSlot]:
+        """Free workers (under the lock), fresh ones first: the order a unit of a model none of
+        them holds takes them in."""
+        return sorted((s for s in self._slots if s.unit is None), key=lambda s: s.warm is not None)
+
+    def _work(self, slot: _ThreadSlot) -> None:
         scratch: dict[str, Any] = {}
-        me = threading.get_ident()
         while True:
-            unit = self._queue.get()
+            unit = slot.inbox.get()
             if unit is None:
                 return
             with self._lock:  # one step with `abort`: a unit aborted before it started is
-                if unit.future.done():  # skipped, one aborted after has its replacement
+                if unit.future.done():  # skipped (its worker was replaced already)
+                    if slot.unit is unit:
+                        slot.unit = None
+                    if slot not in self._slots:
+                        return
                     continue
-                self._running[me] = unit.future
+            error: BaseException | None = None
+            result = b""
             try:
                 result = run_task(
                     unit.task, scratch, self.models, unit.should_stop, unit.report_step
                 )
             except BaseException as exc:
-                if not unit.future.done():
-                    unit.future.set_exception(exc)
-            else:
-                if not unit.future.done():
+                error = exc
+            with self._lock:  # free before the engine hears of it: it may send the next at once
+                if slot.unit is unit:
+                    slot.unit = None
+                abandoned = slot not in self._slots
+            with contextlib.suppress(InvalidStateError):  # `abort` may have failed it meanwhile
+                if error is not None:
+                    unit.future.set_exception(error)
+                else:
                     unit.future.set_result(result)
-            with self._lock:
-                self._running.pop(me, None)
-                if me in self._abandoned:  # replaced already: leave
-                    self._abandoned.discard(me)
-                    return
+            if abandoned:  # replaced already: leave
+                return
 
     def cache_stats(self) -> CacheStats:
         return self.models.stats()
@@ -215,6 +258,11 @@ class ThreadExecutor:
     def loaded_models(self) -> list[str]:
         """Keys of the resident models (``<model>:<sha>:<engine>``), least recently used first."""
         return self.models.keys()
+
+    def idle_models(self) -> list[str | None]:
+        """The model each free worker last ran (None: fresh), fresh ones first."""
+        with self._lock:
+            return [slot.warm for slot in self._free()]
 
     def forget(self, model_id: str) -> None:
         forget_model(self.models, model_id)
@@ -226,20 +274,31 @@ class ThreadExecutor:
         report_step: Callable[[int, int], None],
     ) -> Future[bytes]:
         self.start()
+        key = model_key(task)
         future: Future[bytes] = Future()
         future.set_running_or_notify_cancel()
-        self._queue.put(_ThreadUnit(task, should_stop, report_step, future))
+        unit = _ThreadUnit(task, should_stop, report_step, future)
+        with self._lock:
+            free = self._free()
+            if not free:
+                raise RuntimeError("no free worker: the engine sends at most `workers` units")
+            slot = next((s for s in free if key is not None and s.warm == key), free[0])
+            slot.unit, slot.warm = unit, key
+        slot.inbox.put(unit)
         return future
 
     def abort(self, future: Future[bytes]) -> None:
+        replacement = None
         with self._lock:
-            owner = next((t for t, f in self._running.items() if f is future), None)
-            if owner is not None:
-                self._abandoned.add(owner)
+            slot = next((s for s in self._slots if s.unit and s.unit.future is future), None)
+            if slot is not None:  # abandoned: it ends once its unit returns
+                self._slots.remove(slot)
+                if not self._closed:
+                    replacement = self._new_slot()
             if not future.done():
                 future.set_exception(Cancelled("the unit did not stop; its worker was abandoned"))
-        if owner is not None and not self._closed:
-            self._add_thread()
+        if replacement is not None and replacement.thread is not None:
+            replacement.thread.start()
 
     def begin_close(self) -> None:
         self._closed = True
@@ -247,9 +306,9 @@ class ThreadExecutor:
     def close(self, timeout: float = 5.0) -> None:
         self._closed = True
         with self._lock:
-            threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)
+            slots, threads = list(self._slots), list(self._threads)
+        for slot in slots:
+            slot.inbox.put(None)
         deadline = time.monotonic() + timeout
         for thread in threads:  # daemon threads: a stuck one does not hold the exit
             thread.join(timeout=max(0.0, deadline - time.monotonic()))

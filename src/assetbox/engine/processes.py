@@ -355,15 +355,25 @@ class ProcessExecutor:
         future: Future[bytes] = Future()
         future.set_running_or_notify_cancel()
         with self._lock:
-            free = [s for s in self._slots if s.unit is None]
+            free = self._free()
             if not free:
                 raise RuntimeError("no free worker: the engine sends at most `workers` units")
-            free.sort(key=lambda s: not s.ready)  # a running process before one starting
             slot = next((s for s in free if key is not None and s.warm == key), free[0])
             unit = _Unit(next(self._serials), task, future, should_stop, report_step)
             slot.unit, slot.warm = unit, key
         slot.nudge()
         return future
+
+    def _free(self) -> list[_Slot]:
+        """Free workers (under the lock) in the order a unit of a model none of them holds takes
+        them: a running process before one starting, a fresh one before one holding a model."""
+        free = [s for s in self._slots if s.unit is None]
+        return sorted(free, key=lambda s: (not s.ready, s.warm is not None))
+
+    def idle_models(self) -> list[str | None]:
+        """The model each free worker last ran (None: fresh), in `_free`'s order."""
+        with self._lock:
+            return [slot.warm for slot in self._free()]
 
     def abort(self, future: Future[bytes]) -> None:
         with self._lock:

@@ -35,6 +35,11 @@ class SimulateRequest(BaseModel):
     marker_dir: str | None = Field(
         default=None, description="where crash_units record their first attempt"
     )
+    model: str | None = Field(
+        default=None,
+        description="a model name the units do not load; executors and the scheduler route by "
+        "it as by a real kind's model (model affinity tests and benchmarks)",
+    )
     stuck_units: list[int] = Field(
         default_factory=list,
         description="block for an hour without a step or a look at cancellation, as a forward "
