@@ -1,4 +1,4 @@
-"""The Ray executor on a local Ray instance (started once per test session)."""
+"""The Ray executor on a local Ray instance (started once for this file)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from assetbox.kinds import PLANNERS
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="session")
-def ray_instance():
+@pytest.fixture(scope="module")
+def ray_instance():  # this file's own: other files in this process start other clusters
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

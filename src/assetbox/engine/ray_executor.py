@@ -27,7 +27,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -187,6 +187,7 @@ class RayExecutor:
         self._actor_classes: dict[float, Any] = {}
         self._shippers: dict[str, Shipper] = {}
         self._node_models: dict[str, set[str]] = {}  # node -> models its disk holds
+        self.units_by_node: Counter[str] = Counter()  # units started on each node
         self._slots: list[_Slot] = []
         self._waiting: deque[_Waiting] = deque()
         self._cond = threading.Condition()
@@ -453,8 +454,10 @@ class RayExecutor:
             self._free(slot)
             result.set_exception(exc)
             return
-        if key is not None and slot.node is not None:
-            self._node_models.setdefault(slot.node, set()).add(key)
+        if slot.node is not None:
+            self.units_by_node[slot.node] += 1
+            if key is not None:
+                self._node_models.setdefault(slot.node, set()).add(key)
 
         def done(ref_done: Future) -> None:
             error: BaseException | None = None
