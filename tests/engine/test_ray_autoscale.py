@@ -162,6 +162,14 @@ def test_a_queue_scales_workers_up_from_zero_and_down_when_idle(
         settings=Settings(data_dir=tmp_path / "data", executor="ray"),
         executor=executor,
     )
+    asked: list[int] = []  # what the executor asked of the autoscaler, in order
+    request = executor._request
+
+    def spy(workers: int, per=None) -> None:
+        asked.append(workers)
+        request(workers, per)
+
+    executor._request = spy
     try:
         assert executor.workers == 0
         assert worker_nodes() == []
@@ -196,5 +204,8 @@ def test_a_queue_scales_workers_up_from_zero_and_down_when_idle(
             time.sleep(0.2)
         assert executor.workers == 0
         assert worker_nodes() == []
+        # It asked request_resources for workers while units waited (up to the job's 6 units,
+        # fewer as they finished) and let the request go once idle.
+        assert asked and 1 <= max(asked) <= 6 and asked[-1] == 0
     finally:
         engine.close()

@@ -65,6 +65,8 @@ class Fleet:
         self.guard = guard
         self.cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 0})
         self.nodes: dict[str, Path] = {}  # node id -> its own directory
+        # The head's settings, which the workers take, but for where they keep their files.
+        self.settings = Settings(data_dir=self.head_dir, executor="ray", unit_max_attempts=3)
 
     def add_node(self, name: str, cpus: int = 1):
         own = self.root / name
@@ -81,11 +83,12 @@ class Fleet:
     def executor(self, **options):
         from assetbox.engine.ray_executor import RayExecutor
 
-        return RayExecutor(address=self.cluster.address, poll_s=0.2, **options)
+        return RayExecutor(
+            address=self.cluster.address, poll_s=0.2, settings=self.settings, **options
+        )
 
     def engine(self, executor) -> Engine:
-        settings = Settings(data_dir=self.head_dir, executor="ray", unit_max_attempts=3)
-        return Engine(settings=settings, planners=PLANNERS, executor=executor)
+        return Engine(settings=self.settings, planners=PLANNERS, executor=executor)
 
 
 @pytest.fixture(scope="module")

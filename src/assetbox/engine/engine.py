@@ -103,6 +103,7 @@ def make_executor(settings: Settings, planners: Mapping[str, Planner]) -> Execut
             max_workers=settings.ray_max_workers or None,
             autoscale=settings.ray_autoscale,
             idle_s=settings.ray_idle_s,
+            settings=settings,
         )
     if settings.executor == "thread":
         return ThreadExecutor(

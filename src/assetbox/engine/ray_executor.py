@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assetbox.config import Settings
 from assetbox.engine.executors import (
     UnitTask,
     WorkerDied,
@@ -68,10 +69,23 @@ class _Worker:
     environment of the machine it runs on), never from the head's.
     """
 
-    def __init__(self, budget_bytes: int | None, cpus_per_worker: float, ship: bool) -> None:
+    def __init__(
+        self,
+        budget_bytes: int | None,
+        cpus_per_worker: float,
+        ship: bool,
+        settings: Settings | None = None,
+    ) -> None:
         import ray
 
-        from assetbox.config import get_settings
+        from assetbox.config import get_settings, pin_settings
+
+        if settings is not None:
+            # The head's settings govern the units (quantization, image limits, attempts);
+            # where this node keeps its files is its own.
+            local = get_settings()
+            node_local = ("data_dir", "worker_dir", "shared_models_dir")
+            pin_settings(settings.model_copy(update={k: getattr(local, k) for k in node_local}))
 
         self.node = ray.get_runtime_context().get_node_id()
         node_cpus = next(
@@ -162,6 +176,7 @@ class RayExecutor:
         idle_s: float = 60.0,
         poll_s: float = 1.0,
         ship_files: bool | None = None,
+        settings: Settings | None = None,
     ) -> None:
         ray = _ray()
         self._ray = ray
@@ -181,6 +196,7 @@ class RayExecutor:
         self._cpus = cpus_per_worker
         self._gpus = gpus_per_worker
         self._budget = model_cache_bytes
+        self._settings = settings
         self.autoscale = autoscale
         self.idle_s = idle_s
         self.poll_s = poll_s
@@ -401,7 +417,9 @@ class RayExecutor:
             self._actor_classes[key] = self._ray.remote(
                 max_restarts=0, max_task_retries=0, max_concurrency=2, **options
             )(_Worker)
-        actor = self._actor_classes[key].remote(self._budget, self._cpus, self._ship)
+        actor = self._actor_classes[key].remote(
+            self._budget, self._cpus, self._ship, self._settings
+        )
         slot = _Slot(actor)
         with self._cond:
             self._slots.append(slot)
