@@ -43,7 +43,12 @@ class Settings(BaseSettings):
         "threads in this process (the CLI's in-process runs; a stuck unit can only be "
         "abandoned, not stopped); `ray`, Ray actors.",
     )
-    workers: int = Field(default=1, ge=1, description="Workers (one per device or Ray actor).")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Workers (one per device or Ray actor). On a Ray cluster joined by "
+        "ray_address, the cluster's GPUs decide (see ray_max_workers).",
+    )
     worker_threads: int | None = Field(
         default=None,
         ge=1,

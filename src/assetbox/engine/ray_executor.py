@@ -215,8 +215,8 @@ class RayExecutor:
         self._requested: int | None = None  # workers asked of the autoscaler
         self._reconciled = 0.0
         self._reconcile()
-        if not autoscale:  # the first actors answer before any work, as a fixed pool did
-            deadline = time.monotonic() + 120
+        if not autoscale:  # the first actors answer before any work (those that can start)
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline and any(s.starting for s in self._slots):
                 with self._cond:
                     self._cond.wait(0.05)
