@@ -89,6 +89,10 @@ class Executor(Protocol):
     worker last ran, None for a fresh one, in the order the executor hands free workers to a
     unit whose model none of them holds. The engine's scheduler prefers jobs whose model a free
     worker holds (model affinity); an executor without it is taken to have no warm worker.
+    Optional: ``demand(units: int)``, told every scheduler pass how many units run and wait
+    (queued jobs count one each): an executor that grows with the work (Ray's autoscaling)
+    follows it. Its `workers` may then change between passes, so such an executor queues a
+    unit sent while none of its workers is free (RayExecutor does).
     """
 
     workers: int
