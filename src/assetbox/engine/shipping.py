@@ -23,9 +23,11 @@ costs a copy, never a wrong result.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import threading
 import uuid
 from collections import OrderedDict
@@ -150,6 +152,18 @@ class Shipper:
                 del self._models[key]
 
 
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class NodeFiles:
     """A worker's side: the node's cache under `root` and this worker's view of a data dir."""
 
@@ -157,9 +171,12 @@ class NodeFiles:
         self._ray = ray
         self.root = root
         self.shared_models = shared_models
-        self.view = root / "views" / f"{os.getpid()}"
-        if self.view.exists():  # a worker of an earlier life with this pid
-            shutil.rmtree(self.view, ignore_errors=True)
+        views = root / "views" / socket.gethostname()  # the pids below are this host's
+        if views.is_dir():  # views of workers that are gone (a view is symlinks only)
+            for old in views.iterdir():
+                if not _alive(int(old.name.partition("-")[0] or 0)):
+                    shutil.rmtree(old, ignore_errors=True)
+        self.view = views / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         (self.view / "models").mkdir(parents=True)
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         os.symlink(root / "blobs", self.view / "blobs")
@@ -187,6 +204,16 @@ class NodeFiles:
         folder = self.root / "models" / model.key
         if (folder / "manifest.json").is_file():
             return folder
+        # One fetch per node: the node's other workers wait for it rather than fetch it too.
+        locks = self.root / "models" / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with (locks / f"{model.sha256}.lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if not (folder / "manifest.json").is_file():
+                self._fetch(model, folder)
+        return folder
+
+    def _fetch(self, model: ModelParcel, folder: Path) -> None:
         staging = self.root / "models" / ".staging" / uuid.uuid4().hex
         try:
             for name, refs in model.files:
@@ -196,14 +223,10 @@ class NodeFiles:
                     for ref in refs:
                         handle.write(self._ray.get(ref))
             folder.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(staging, folder)
-                self.fetched += 1
-            except OSError:  # another worker of this node unpacked it first
-                pass
+            os.rename(staging, folder)
+            self.fetched += 1
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return folder
 
     @staticmethod
     def _link(link: Path, target: Path) -> None:
