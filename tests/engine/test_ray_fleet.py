@@ -20,7 +20,7 @@ import pytest
 
 from assetbox.config import Settings
 from assetbox.engine.engine import Engine
-from assetbox.engine.jobs import Job, JobStatus, UnitStatus
+from assetbox.engine.jobs import JobStatus, UnitStatus
 from assetbox.kinds import PLANNERS
 
 ray = pytest.importorskip("ray")
@@ -205,10 +205,6 @@ def _expected(units: int) -> bytes:
     return b"".join(hashlib.sha256(f"unit {i}".encode()).digest() for i in range(units))
 
 
-def _done(engine: Engine, job: Job) -> int:
-    return sum(u.status == UnitStatus.DONE for u in engine.store.units(job.id))
-
-
 def test_a_node_that_leaves_has_its_units_run_elsewhere_and_one_that_joins_gets_units(
     fleet: Fleet,
 ) -> None:
@@ -217,11 +213,10 @@ def test_a_node_that_leaves_has_its_units_run_elsewhere_and_one_that_joins_gets_
     engine = fleet.engine(executor)
     try:
         wait_until(lambda: executor.workers == 3, what="an actor on the third node")
-        job = engine.submit("simulate", {"units": 40, "unit_seconds": 0.4, "steps": 4})
+        job = engine.submit("simulate", {"units": 40, "unit_seconds": 0.5, "steps": 4})
         wait_until(lambda: executor.units_by_node[leaving.node_id] >= 2, what="units on it")
         fleet.cluster.remove_node(leaving)
-        wait_until(lambda: _done(engine, job) >= 20, what="half the job")
-        joining = fleet.add_node("node-joining")
+        joining = fleet.add_node("node-joining")  # some 30 units (7 s on two workers) left
         done = engine.wait(job.id, timeout=180)
         assert done.status == JobStatus.SUCCEEDED, done.error
         units = engine.store.units(job.id)
