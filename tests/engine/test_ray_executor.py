@@ -123,3 +123,51 @@ def test_ray_units_report_steps_and_stop_when_cancelled(ray_engine: Engine) -> N
     assert cancelled.progress.step < 100  # the unit stopped, it did not run to its end
     (unit,) = ray_engine.store.units(job.id)
     assert unit.status != UnitStatus.DONE
+
+
+def test_the_service_on_ray_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    # ray.init puts in a SIGTERM handler that exits at once with status 15 (SystemExit in the
+    # middle of the app, a traceback); the service keeps uvicorn's graceful one, which closes
+    # the engine (requeueing running jobs) and then ends by the signal, as with every executor.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.server.test_server_process import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "ASSETBOX_DATA_DIR": str(tmp_path / "data"),
+        "ASSETBOX_EXECUTOR": "ray",
+        "ASSETBOX_UI": "false",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "assetbox.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the service did not come up")
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == -signal.SIGTERM, output[-2000:]  # uvicorn re-raises it
+    assert "Traceback" not in output and "SystemExit" not in output
+    assert "Application shutdown complete" in output, output[-2000:]

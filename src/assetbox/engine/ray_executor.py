@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -181,6 +182,9 @@ class RayExecutor:
         ray = _ray()
         self._ray = ray
         if not ray.is_initialized():
+            # ray.init replaces SIGTERM's handler with one that exits at once (status 15): the
+            # service's own (uvicorn's graceful shutdown, which requeues running jobs) is put back.
+            on_sigterm = signal.getsignal(signal.SIGTERM)
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
@@ -188,6 +192,8 @@ class RayExecutor:
                 ray.init(
                     address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False
                 )
+            if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
         # A local instance is this machine: it holds `workers` actors and reads the data dir.
         self.max_workers = (
             (workers if address is None else 0) if max_workers is None else max_workers
