@@ -89,6 +89,10 @@ def test_without_wait_the_job_is_accepted_and_listed(client: TestClient, small_p
     listed = client.get("/v1/jobs", params={"kind": "upscale"}).json()
     assert job_id in [j["id"] for j in listed["data"]]
     assert client.get(f"/v1/jobs/{job_id}").json()["id"] == job_id
+    assert client.get(f"/v1/jobs/{job_id}").json()["priority"] == "normal"
+    high = client.post("/v1/upscale", json=upscale_body(small_png, priority="high")).json()
+    assert high["priority"] == "high"  # a job says the priority it was submitted with
+    assert client.get(f"/v1/jobs/{high['id']}").json()["priority"] == "high"
 
 
 def test_events_stream_to_the_end_and_replay(client: TestClient, small_png: bytes) -> None:

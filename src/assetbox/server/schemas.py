@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from assetbox.engine.jobs import (
+    PRIORITIES,
     Job,
     JobError,
     JobProgress,
@@ -157,6 +158,9 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    priority: Literal["low", "normal", "high"] = Field(
+        default="normal", description="the priority it was submitted with"
+    )
     progress: JobProgress
     outputs: list[OutputPublic] = Field(default_factory=list)
     error: JobError | None = None
@@ -174,6 +178,7 @@ class JobPublic(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            priority=next((n for n, v in PRIORITIES.items() if v == job.priority), "normal"),
             progress=job.progress,
             outputs=outputs,
             error=job.error,
