@@ -225,5 +225,13 @@ def test_a_node_that_leaves_has_its_units_run_elsewhere_and_one_that_joins_gets_
         # Every unit's result is in the output exactly once, in order.
         assert engine.output_path(done, 0).read_bytes() == _expected(40)
         assert executor.units_by_node[joining.node_id] > 0  # the new node got work at once
+        # What an operator sees of it in /metrics.
+        from assetbox.server.metrics import Metrics
+
+        text = Metrics().render(engine).decode()
+        assert f'assetbox_units_started_total{{node="{joining.node_id}"}}' in text
+        lost = next(line for line in text.splitlines() if line.startswith("assetbox_workers_lost"))
+        assert float(lost.split()[-1]) >= 1
+        assert "assetbox_workers 3.0" in text  # two nodes from the start and the new one
     finally:
         engine.close()

@@ -210,6 +210,7 @@ class RayExecutor:
         self._shippers: dict[str, Shipper] = {}
         self._node_models: dict[str, set[str]] = {}  # node -> models its disk holds
         self.units_by_node: Counter[str] = Counter()  # units started on each node
+        self.workers_lost = 0  # actors that died running a unit (not killed on purpose)
         self._slots: list[_Slot] = []
         self._waiting: deque[_Waiting] = deque()
         self._cond = threading.Condition()
@@ -380,6 +381,9 @@ class RayExecutor:
             for slot in gone:
                 if slot.unit is None:
                     self._slots.remove(slot)
+                    log.warning(
+                        "Ray node gone: its idle worker is dropped", extra={"node": slot.node}
+                    )
             if self.autoscale:
                 idle_for = time.monotonic() - self._busy_at
                 if self._demand > 0:  # actors not yet placed beyond the demand go, not ready ones
@@ -435,6 +439,7 @@ class RayExecutor:
                 try:
                     slot.node = ping.result()[1]
                     slot.starting = False
+                    log.info("Ray worker ready", extra={"node": slot.node})
                 except Exception:  # never placed, or died starting: the next pass replaces it
                     if slot in self._slots:
                         self._slots.remove(slot)
@@ -492,11 +497,15 @@ class RayExecutor:
                 with self._cond:  # it is gone: the next pass starts another where there is room
                     if slot in self._slots:
                         self._slots.remove(slot)
-                error = (
-                    Cancelled("the unit did not stop; its Ray worker was killed")
-                    if slot.aborted
-                    else WorkerDied(f"Ray worker on node {slot.node} died: {exc}")
-                )
+                if slot.aborted:
+                    error = Cancelled("the unit did not stop; its Ray worker was killed")
+                else:
+                    error = WorkerDied(f"Ray worker on node {slot.node} died: {exc}")
+                    self.workers_lost += 1
+                    log.warning(
+                        "Ray worker lost with its unit; the unit runs again",
+                        extra={"node": slot.node},
+                    )
             except self._ray.exceptions.RayTaskError as exc:
                 error = exc.as_instanceof_cause()
             except BaseException as exc:

@@ -41,7 +41,24 @@ class _EngineCollector(Collector):
         engine = self._metrics.engine
         if engine is None:
             return
-        stats = engine.executor.cache_stats()
+        executor = engine.executor
+        workers = GaugeMetricFamily("assetbox_workers", "Workers ready to take units")
+        workers.add_metric([], executor.workers)
+        yield workers
+        by_node = getattr(executor, "units_by_node", None)  # a fleet's (Ray) executor
+        if by_node is not None:
+            started = CounterMetricFamily(
+                "assetbox_units_started", "Units started, by Ray node", labels=["node"]
+            )
+            for node, count in sorted(by_node.items()):
+                started.add_metric([node], count)
+            yield started
+            lost = CounterMetricFamily(
+                "assetbox_workers_lost", "Ray workers lost running a unit (node gone, crash)"
+            )
+            lost.add_metric([], executor.workers_lost)
+            yield lost
+        stats = executor.cache_stats()
         for name, value, text in (
             ("assetbox_model_loads", stats.loads, "Models loaded into a worker's cache"),
             ("assetbox_model_cache_hits", stats.hits, "Units that found their model loaded"),
