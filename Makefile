@@ -119,7 +119,7 @@ format: $(DEV_STAMP)
 
 # Two pytest workers, each taking whole files (module fixtures and in-file order kept): many tests
 # wait on subprocesses and servers, and on 2 cores the suite runs in 8 minutes instead of 11.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=20
 test: lint chromium $(RUNPOD_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
