@@ -348,7 +348,8 @@ class RayExecutor:
     def _short(self) -> bool:
         """Units wait and every actor is taken: look for more at once (autoscale)."""
         with self._cond:
-            return self.autoscale and bool(self._waiting) and len(self._slots) < self._demand
+            wanted = min(self.max_workers or math.inf, self._demand)
+            return self.autoscale and bool(self._waiting) and len(self._slots) < wanted
 
     def _ready_actors(self) -> list[Any]:
         with self._cond:
