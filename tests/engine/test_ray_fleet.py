@@ -213,10 +213,19 @@ def test_a_node_that_leaves_has_its_units_run_elsewhere_and_one_that_joins_gets_
     engine = fleet.engine(executor)
     try:
         wait_until(lambda: executor.workers == 3, what="an actor on the third node")
-        job = engine.submit("simulate", {"units": 40, "unit_seconds": 0.5, "steps": 4})
+        # Units from the 12th on wait for `go`: the job is still mid-way whenever the new node
+        # comes up (ten seconds under load), however fast the rest ran.
+        go = fleet.root / "go"
+        request = {"units": 40, "unit_seconds": 0.3, "wait_for_file": str(go), "wait_from": 12}
+        job = engine.submit("simulate", request)
         wait_until(lambda: executor.units_by_node[leaving.node_id] >= 2, what="units on it")
         fleet.cluster.remove_node(leaving)
-        joining = fleet.add_node("node-joining")  # some 30 units (7 s on two workers) left
+        joining = fleet.add_node("node-joining")
+        wait_until(
+            lambda: executor.units_by_node[joining.node_id] > 0, 120, "a unit on the new node"
+        )
+        assert engine.get(job.id).status == JobStatus.RUNNING
+        go.touch()
         done = engine.wait(job.id, timeout=180)
         assert done.status == JobStatus.SUCCEEDED, done.error
         units = engine.store.units(job.id)

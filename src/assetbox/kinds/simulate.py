@@ -40,6 +40,12 @@ class SimulateRequest(BaseModel):
         description="a model name the units do not load; executors and the scheduler route by "
         "it as by a real kind's model (model affinity tests and benchmarks)",
     )
+    wait_for_file: str | None = Field(
+        default=None,
+        description="units from `wait_from` on wait for this file to exist before their steps "
+        "(stopping when asked): a job held mid-way, e.g. while a test adds a node",
+    )
+    wait_from: int = Field(default=0, ge=0)
     stuck_units: list[int] = Field(
         default_factory=list,
         description="block for an hour without a step or a look at cancellation, as a forward "
@@ -64,6 +70,11 @@ class SimulatePlanner:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text("crashed once")
                 os._exit(17)
+        if request.wait_for_file and index >= request.wait_from:
+            while not Path(request.wait_for_file).exists():
+                if ctx.should_stop():
+                    raise Cancelled(f"unit {index} cancelled while it waited")
+                time.sleep(0.05)
         if index in request.stuck_units:
             time.sleep(3600)
         if index in request.fail_units:
