@@ -108,10 +108,6 @@ class _Worker:
     def stats(self) -> CacheStats:
         return self.models.stats()
 
-    def fetched(self) -> int:
-        """Models this worker fetched from the head (its node did not have them)."""
-        return self.files.fetched if self.files else 0
-
     def forget(self, model_id: str) -> None:
         forget_model(self.models, model_id)
 
